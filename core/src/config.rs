@@ -1,0 +1,521 @@
+//! Configuration shared by every role: one serde struct, defaults for every
+//! field, `validate()` before use.
+//!
+//! Sources, later wins: built-in defaults, the TOML file (`--config`),
+//! `EDGELINK_<SECTION>_<KEY>` environment variables (e.g.
+//! `EDGELINK_CACHE_TTL_SECS=60`, `EDGELINK_POSTGRES_URL=...`), then flags.
+//! The environment is read through [`Env`] so tests pass a map.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::link::RedirectStatus;
+
+/// The prefix of every environment override.
+pub const ENV_PREFIX: &str = "EDGELINK_";
+
+/// Sections an environment variable may address.
+const SECTIONS: [&str; 6] = ["server", "cache", "redirect", "sqlite", "postgres", "redis"];
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub cache: CacheConfig,
+    pub redirect: RedirectConfig,
+    pub sqlite: SqliteConfig,
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+}
+
+/// Listeners and connection limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public listener (redirects, health).
+    pub listen: SocketAddr,
+    /// Admin listener (`/metrics`); keep it off the public network.
+    pub admin_listen: SocketAddr,
+    /// Runtime worker threads; 0 means one per CPU.
+    pub workers: usize,
+    /// Open connections beyond this are closed at accept.
+    pub max_connections: usize,
+    /// Listen backlog handed to the kernel.
+    pub backlog: u32,
+    /// A client must send its full request head within this time.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout_ms: u64,
+}
+
+/// Tier 0: the in-process cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Entries held at most (found, gone and unknown codes alike).
+    pub max_entries: u64,
+    /// Lifetime of a found link; the backstop for updates made elsewhere.
+    pub ttl_secs: u64,
+    /// Lifetime of an "unknown code" answer.
+    pub negative_ttl_secs: u64,
+}
+
+/// How redirects are answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// Status for links that do not name one (imports without a status).
+    pub default_status: RedirectStatus,
+    /// `Cache-Control: max-age` for permanent (301/308) redirects.
+    pub permanent_max_age_secs: u64,
+}
+
+/// The embedded store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    /// Read connections (WAL lets them run beside the one writer).
+    pub readers: usize,
+    /// Budget of one query, including waiting for a connection.
+    pub timeout_ms: u64,
+}
+
+/// The distributed source of truth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db`; required by the distributed roles.
+    pub url: Option<String>,
+    pub pool_size: u32,
+    /// Budget of one query, including pool checkout.
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+/// The shared cache tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; without it the edge goes from tier 0 to the source of truth.
+    pub url: Option<String>,
+    pub pool_size: u32,
+    /// Budget of one command, including pool checkout.
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// TTL of every key written.
+    pub ttl_secs: u64,
+    /// Prefix of every key, so several deployments or tests share one server.
+    pub key_prefix: String,
+}
+
+// === impl defaults ===
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            workers: 0,
+            max_connections: 10_000,
+            backlog: 4096,
+            header_read_timeout_ms: 5_000,
+            max_header_bytes: 16 * 1024,
+            h2_max_concurrent_streams: 256,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 1_000_000,
+            ttl_secs: 300,
+            negative_ttl_secs: 5,
+        }
+    }
+}
+
+impl Default for RedirectConfig {
+    fn default() -> Self {
+        RedirectConfig {
+            default_status: RedirectStatus::Found,
+            permanent_max_age_secs: 3_600,
+        }
+    }
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            path: PathBuf::from("./edgelink.db"),
+            readers: 4,
+            timeout_ms: 1_000,
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            pool_size: 16,
+            timeout_ms: 500,
+            connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            pool_size: 8,
+            timeout_ms: 100,
+            connect_timeout_ms: 1_000,
+            ttl_secs: 86_400,
+            key_prefix: "el:".to_owned(),
+        }
+    }
+}
+
+// === impl Config ===
+
+/// A configuration that cannot be used; the binary exits with 64 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which storage a role needs; decides what `validate_for` requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageMode {
+    /// SQLite only.
+    Embedded,
+    /// PostgreSQL required, Redis optional.
+    Distributed,
+}
+
+impl Config {
+    /// Defaults, then the file if given, then the environment. Flags are
+    /// applied by the caller afterwards, then [`Config::validate_for`].
+    pub fn load(file: Option<&std::path::Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut value = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                // Check the file alone first so its errors name the file.
+                Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+                    ConfigError::Parse {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    }
+                })?;
+                table
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut value, env)?;
+        Config::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError::Parse {
+            origin: "environment".to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every value for range and coherence.
+    pub fn validate_for(&self, mode: StorageMode) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        fn need(problems: &mut Vec<String>, ok: bool, msg: &str) {
+            if !ok {
+                problems.push(msg.to_owned());
+            }
+        }
+        let s = &self.server;
+        need(&mut problems, s.max_connections > 0, "server.max_connections must be > 0");
+        need(&mut problems, s.backlog > 0 && s.backlog <= 65_535, "server.backlog must be 1..=65535");
+        need(&mut problems, 
+            (1..=300_000).contains(&s.header_read_timeout_ms),
+            "server.header_read_timeout_ms must be 1..=300000",
+        );
+        need(&mut problems, 
+            (8 * 1024..=1024 * 1024).contains(&s.max_header_bytes),
+            "server.max_header_bytes must be 8192..=1048576",
+        );
+        need(&mut problems, s.h2_max_concurrent_streams > 0, "server.h2_max_concurrent_streams must be > 0");
+        need(&mut problems, s.drain_timeout_ms <= 600_000, "server.drain_timeout_ms must be <= 600000");
+        need(&mut problems, s.workers <= 1024, "server.workers must be <= 1024");
+        need(&mut problems, s.listen != s.admin_listen, "server.listen and server.admin_listen must differ");
+        let c = &self.cache;
+        need(&mut problems, c.max_entries > 0, "cache.max_entries must be > 0");
+        need(&mut problems, c.ttl_secs > 0, "cache.ttl_secs must be > 0");
+        need(&mut problems, 
+            c.negative_ttl_secs > 0 && c.negative_ttl_secs <= c.ttl_secs,
+            "cache.negative_ttl_secs must be > 0 and <= cache.ttl_secs",
+        );
+        need(&mut problems, 
+            self.redirect.permanent_max_age_secs <= 31_536_000,
+            "redirect.permanent_max_age_secs must be <= 31536000 (one year)",
+        );
+        match mode {
+            StorageMode::Embedded => {
+                let q = &self.sqlite;
+                need(&mut problems, !q.path.as_os_str().is_empty(), "sqlite.path must not be empty");
+                need(&mut problems, (1..=64).contains(&q.readers), "sqlite.readers must be 1..=64");
+                need(&mut problems, 
+                    (1..=60_000).contains(&q.timeout_ms),
+                    "sqlite.timeout_ms must be 1..=60000",
+                );
+            }
+            StorageMode::Distributed => {
+                let p = &self.postgres;
+                match &p.url {
+                    None => problems.push(
+                        "postgres.url is required (--postgres-url or EDGELINK_POSTGRES_URL)"
+                            .to_owned(),
+                    ),
+                    Some(url) => {
+                        if let Err(e) = tokio_postgres::Config::from_str(url) {
+                            problems.push(format!("postgres.url is not a PostgreSQL URL: {e}"));
+                        }
+                    }
+                }
+                need(&mut problems, (1..=1024).contains(&p.pool_size), "postgres.pool_size must be 1..=1024");
+                need(&mut problems, 
+                    (1..=60_000).contains(&p.timeout_ms),
+                    "postgres.timeout_ms must be 1..=60000",
+                );
+                need(&mut problems, 
+                    (1..=60_000).contains(&p.connect_timeout_ms),
+                    "postgres.connect_timeout_ms must be 1..=60000",
+                );
+                let r = &self.redis;
+                if let Some(url) = &r.url {
+                    if let Err(e) = bb8_redis::redis::Client::open(url.as_str()) {
+                        problems.push(format!("redis.url is not a Redis URL: {e}"));
+                    }
+                }
+                need(&mut problems, (1..=1024).contains(&r.pool_size), "redis.pool_size must be 1..=1024");
+                need(&mut problems, 
+                    (1..=60_000).contains(&r.timeout_ms),
+                    "redis.timeout_ms must be 1..=60000",
+                );
+                need(&mut problems, 
+                    (1..=60_000).contains(&r.connect_timeout_ms),
+                    "redis.connect_timeout_ms must be 1..=60000",
+                );
+                need(&mut problems, r.ttl_secs > 0, "redis.ttl_secs must be > 0");
+                need(&mut problems, r.key_prefix.len() <= 64, "redis.key_prefix must be at most 64 bytes");
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.header_read_timeout_ms)
+    }
+}
+
+// === environment ===
+
+/// Where environment variables come from; tests pass a map.
+pub trait Env {
+    /// Every variable whose name starts with `prefix`.
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// Applies `EDGELINK_<SECTION>_<KEY>` variables. Variables whose first word
+/// is not a config section belong to someone else and are left alone; an
+/// unknown key inside a known section is an error, so a typo is not silently
+/// ignored. A value is read as the type the key has by default.
+fn apply_env(table: &mut toml::Table, env: &dyn Env) -> Result<(), ConfigError> {
+    let defaults = match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => return Err(ConfigError::Invalid("defaults do not serialize".to_owned())),
+    };
+    let mut vars = env.vars_with_prefix(ENV_PREFIX);
+    vars.sort();
+    for (name, raw) in vars {
+        let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once('_') else {
+            continue;
+        };
+        if !SECTIONS.contains(&section) {
+            continue;
+        }
+        let bad = |message: String| ConfigError::Parse {
+            origin: format!("environment variable {name}"),
+            message,
+        };
+        let default_section = defaults.get(section).and_then(toml::Value::as_table);
+        let known = default_section.is_some_and(|t| t.contains_key(key))
+            || optional_keys(section).contains(&key);
+        if !known {
+            return Err(bad(format!("there is no setting {section}.{key}")));
+        }
+        let value = match default_section.and_then(|t| t.get(key)) {
+            Some(toml::Value::Integer(_)) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| bad(format!("expected an integer, got {raw:?}")))?,
+            Some(toml::Value::Boolean(_)) => raw
+                .trim()
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| bad(format!("expected true or false, got {raw:?}")))?,
+            _ => toml::Value::String(raw),
+        };
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_owned(), value);
+            }
+            _ => return Err(bad(format!("[{section}] in the file is not a table"))),
+        }
+    }
+    Ok(())
+}
+
+/// Keys whose default is `None` (absent from the serialized defaults).
+fn optional_keys(section: &str) -> &'static [&'static str] {
+    match section {
+        "postgres" | "redis" => &["url"],
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_for_embedded_mode() {
+        Config::default().validate_for(StorageMode::Embedded).unwrap();
+    }
+
+    #[test]
+    fn distributed_mode_needs_postgres() {
+        let err = Config::default()
+            .validate_for(StorageMode::Distributed)
+            .unwrap_err();
+        assert!(err.to_string().contains("postgres.url is required"), "{err}");
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[cache]\nttl_secs = 60\n[redis]\nkey_prefix = \"file:\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            &env(&[
+                ("EDGELINK_CACHE_TTL_SECS", "90"),
+                ("EDGELINK_POSTGRES_URL", "postgres://u@127.0.0.1/db"),
+                ("EDGELINK_SERVER_LISTEN", "127.0.0.1:1234"),
+                ("EDGELINK_ADMIN_TOKEN", "not ours yet, ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.cache.ttl_secs, 90);
+        assert_eq!(cfg.redis.key_prefix, "file:");
+        assert_eq!(cfg.postgres.url.as_deref(), Some("postgres://u@127.0.0.1/db"));
+        assert_eq!(cfg.server.listen, "127.0.0.1:1234".parse().unwrap());
+        cfg.validate_for(StorageMode::Distributed).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::load(None, &env(&[("EDGELINK_CACHE_TTL", "5")])).unwrap_err();
+        assert!(e.to_string().contains("cache.ttl"), "{e}");
+        let e = Config::load(None, &env(&[("EDGELINK_CACHE_TTL_SECS", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("integer"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[cache]\nttl_sec = 60\n").unwrap();
+        let e = Config::load(Some(&path), &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("c.toml"), "{e}");
+
+        std::fs::write(&path, "[redirect]\ndefault_status = 303\n").unwrap();
+        assert!(Config::load(Some(&path), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut cfg = Config::default();
+        cfg.cache.max_entries = 0;
+        cfg.server.max_header_bytes = 10;
+        cfg.postgres.url = Some("not a url".to_owned());
+        cfg.redis.url = Some("nope://x".to_owned());
+        let msg = cfg
+            .validate_for(StorageMode::Distributed)
+            .unwrap_err()
+            .to_string();
+        for needle in ["cache.max_entries", "max_header_bytes", "postgres.url", "redis.url"] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! EdgeLink core: what every role shares.
+//!
+//! # Layout
+//!
+//! - [`code`]: short-code rules (`[A-Za-z0-9_-]`, 1..=64 bytes), checked
+//!   before any storage is touched.
+//! - [`link`]: the link model, redirect statuses, target URL normalisation.
+//! - [`config`]: the configuration of every role (TOML file, `EDGELINK_*`
+//!   environment, flags) and its validation.
+//! - [`error`]: storage errors and the per-call timeout helper.
+//! - [`store`]: the storage seams ([`store::LinkStore`], [`store::LinkCache`])
+//!   and their backends: [`store::sqlite`] (embedded default),
+//!   [`store::postgres`] (distributed source of truth), [`store::redis`]
+//!   (shared cache tier, value encoding in [`store::codec`]).
+//! - [`migrate`]: versioned schema migrations for both SQL backends.
+//! - [`import`]: CSV import in batches.
+//! - [`shutdown`], [`telemetry`]: process plumbing.
+
+pub mod code;
+pub mod config;
+pub mod error;
+pub mod import;
+pub mod link;
+pub mod migrate;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use code::{is_valid_code, MAX_CODE_LEN};
+pub use config::Config;
+pub use error::StoreError;
+pub use link::{Link, LinkState, RedirectStatus};
+pub use store::{LinkCache, LinkStore, Stores};

@@ -1,0 +1,104 @@
+//! Storage traits and their backends.
+//!
+//! The edge sees two seams: a [`LinkStore`] (the source of truth: SQLite
+//! embedded, PostgreSQL distributed) and an optional [`LinkCache`] (Redis,
+//! shared by every edge). Both are `Send + Sync` trait objects so roles and
+//! tests compose them freely.
+
+pub mod codec;
+pub mod postgres;
+pub mod redis;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::Config;
+use crate::error::StoreError;
+use crate::link::Link;
+
+/// What an insert of many links did. The insert is all-or-nothing: on error
+/// nothing was written.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InsertReport {
+    /// Links written.
+    pub inserted: usize,
+    /// Indexes (into the slice given) of links whose code was already taken,
+    /// in the store or earlier in the same slice; those were not written and
+    /// the stored ones are untouched.
+    pub existing: Vec<usize>,
+}
+
+/// The source of truth for links.
+#[async_trait]
+pub trait LinkStore: Send + Sync + 'static {
+    /// Short fixed name for logs and metric labels (`sqlite`, `postgres`).
+    fn name(&self) -> &'static str;
+
+    /// Looks a link up by code. `Ok(None)` means the code is unknown.
+    async fn get(&self, code: &str) -> Result<Option<Link>, StoreError>;
+
+    /// Inserts links in one transaction; codes already present are skipped
+    /// and reported, never overwritten.
+    async fn insert_links(&self, links: &[Link]) -> Result<InsertReport, StoreError>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A shared cache tier in front of the source of truth.
+#[async_trait]
+pub trait LinkCache: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// `Ok(None)` is a cache miss, not proof that the code is unknown.
+    async fn get(&self, code: &str) -> Result<Option<Link>, StoreError>;
+
+    /// Stores a link with a TTL.
+    async fn put(&self, link: &Link) -> Result<(), StoreError>;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The storage a role works with.
+#[derive(Clone)]
+pub struct Stores {
+    pub source: Arc<dyn LinkStore>,
+    pub cache: Option<Arc<dyn LinkCache>>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("source", &self.source.name())
+            .field("cache", &self.cache.as_ref().map(|c| c.name()))
+            .finish()
+    }
+}
+
+impl Stores {
+    /// The embedded default: a SQLite file, no shared cache. Applies migrations.
+    pub async fn open_embedded(config: &Config) -> Result<Stores, StoreError> {
+        let sqlite = sqlite::SqliteStore::open(&config.sqlite).await?;
+        Ok(Stores {
+            source: Arc::new(sqlite),
+            cache: None,
+        })
+    }
+
+    /// The distributed tiers: PostgreSQL, and Redis when configured. Applies
+    /// PostgreSQL migrations.
+    pub async fn open_distributed(config: &Config) -> Result<Stores, StoreError> {
+        let pg = postgres::PgStore::connect(&config.postgres).await?;
+        pg.migrate().await?;
+        let cache: Option<Arc<dyn LinkCache>> = match config.redis.url {
+            Some(_) => Some(Arc::new(redis::RedisCache::connect(&config.redis).await?)),
+            None => None,
+        };
+        Ok(Stores {
+            source: Arc::new(pg),
+            cache,
+        })
+    }
+}

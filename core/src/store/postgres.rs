@@ -1,0 +1,255 @@
+//! The distributed source of truth: PostgreSQL through a bb8 pool.
+//!
+//! tokio-postgres has no timeouts of its own, so every call (pool checkout
+//! included) runs under `postgres.timeout_ms`. Each pooled connection
+//! prepares the lookup statement once when it is opened, so a lookup is one
+//! round trip with no parse or plan.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bb8_postgres::PostgresConnectionManager;
+use time::OffsetDateTime;
+use tokio_postgres::{NoTls, Statement};
+
+use crate::config::PostgresConfig;
+use crate::error::{with_timeout, StoreError};
+use crate::link::{Link, RedirectStatus};
+use crate::migrate;
+use crate::store::{InsertReport, LinkStore};
+
+const NAME: &str = "postgres";
+
+/// Advisory-lock key that serialises migrations across processes
+/// (the bytes of "edgelink" read as an i64).
+const MIGRATION_LOCK: i64 = 0x6564_6765_6c69_6e6b;
+
+/// Budget of a bulk write (an import batch); lookups use `postgres.timeout_ms`.
+const BULK_TIMEOUT: Duration = Duration::from_secs(30);
+
+const GET_LINK: &str =
+    "SELECT target, redirect, created_at, expires_at, disabled FROM links WHERE code = $1";
+
+const INSERT_LINKS: &str = "INSERT INTO links (code, target, redirect, created_at, expires_at, disabled) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], $5::timestamptz[], $6::bool[]) \
+     ON CONFLICT (code) DO NOTHING RETURNING code";
+
+/// A pooled connection with its prepared statements.
+pub struct PgConn {
+    pub client: tokio_postgres::Client,
+    get_link: Statement,
+}
+
+/// Opens connections through bb8-postgres's manager and prepares statements.
+pub struct PgManager {
+    inner: PostgresConnectionManager<NoTls>,
+}
+
+impl bb8::ManageConnection for PgManager {
+    type Connection = PgConn;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<PgConn, Self::Error> {
+        let client = self.inner.connect().await?;
+        let get_link = client.prepare(GET_LINK).await?;
+        Ok(PgConn { client, get_link })
+    }
+
+    async fn is_valid(&self, conn: &mut PgConn) -> Result<(), Self::Error> {
+        conn.client.simple_query("").await.map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// PostgreSQL-backed [`LinkStore`].
+#[derive(Clone)]
+pub struct PgStore {
+    pool: bb8::Pool<PgManager>,
+    config: tokio_postgres::Config,
+    timeout: Duration,
+}
+
+fn pg_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::unavailable(NAME, e)
+}
+
+/// Parses the URL and fills in what EdgeLink sets by default.
+pub fn client_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, StoreError> {
+    let url = config
+        .url
+        .as_deref()
+        .ok_or_else(|| pg_err("postgres.url is not set"))?;
+    let mut pg = tokio_postgres::Config::from_str(url).map_err(pg_err)?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("edgelink");
+    }
+    Ok(pg)
+}
+
+impl PgStore {
+    /// Builds the pool. Connections open lazily, so this succeeds while the
+    /// server is down; call [`PgStore::migrate`] to require it up.
+    pub async fn connect(config: &PostgresConfig) -> Result<PgStore, StoreError> {
+        let pg = client_config(config)?;
+        let manager = PgManager {
+            inner: PostgresConnectionManager::new(pg.clone(), NoTls),
+        };
+        let pool = bb8::Pool::builder()
+            .max_size(config.pool_size)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .build_unchecked(manager);
+        Ok(PgStore {
+            pool,
+            config: pg,
+            timeout: Duration::from_millis(config.timeout_ms),
+        })
+    }
+
+    /// Applies pending migrations on a dedicated connection, under an
+    /// advisory lock so concurrent starters take turns.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let deadline = Duration::from_secs(60);
+        with_timeout(NAME, deadline, async {
+            let (mut client, conn) = self.config.connect(NoTls).await.map_err(pg_err)?;
+            let driver = tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "migration connection closed");
+                }
+            });
+            let result = migrate_on(&mut client).await;
+            drop(client);
+            let _ = driver.await;
+            result
+        })
+        .await
+    }
+
+    /// Runs `f` on a pooled connection within `budget`.
+    async fn with_conn<T>(
+        &self,
+        budget: Duration,
+        f: impl for<'c> AsyncFnOnce(&'c PgConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        with_timeout(NAME, budget, async {
+            let conn = self.pool.get().await.map_err(pg_err)?;
+            f(&conn).await
+        })
+        .await
+    }
+}
+
+async fn migrate_on(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS edgelink_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(pg_err)?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM edgelink_migrations", &[])
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for m in migrate::pending(migrate::POSTGRES, &applied).map_err(pg_err)? {
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|e| pg_err(format!("migration {}: {e}", m.version)))?;
+        tx.execute(
+            "INSERT INTO edgelink_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .map_err(pg_err)?;
+        tracing::info!(version = m.version, name = m.name, "applied postgres migration");
+    }
+    tx.commit().await.map_err(pg_err)
+}
+
+fn row_to_link(code: &str, row: &tokio_postgres::Row) -> Result<Link, StoreError> {
+    let redirect: i16 = row.try_get(1).map_err(pg_err)?;
+    let redirect = u16::try_from(redirect)
+        .ok()
+        .and_then(RedirectStatus::from_code)
+        .ok_or_else(|| StoreError::corrupt(NAME, format!("link {code}: redirect {redirect}")))?;
+    Ok(Link {
+        code: code.to_owned(),
+        target: row.try_get(0).map_err(pg_err)?,
+        redirect,
+        created_at: row.try_get(2).map_err(pg_err)?,
+        expires_at: row.try_get(3).map_err(pg_err)?,
+        disabled: row.try_get(4).map_err(pg_err)?,
+    })
+}
+
+#[async_trait]
+impl LinkStore for PgStore {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn get(&self, code: &str) -> Result<Option<Link>, StoreError> {
+        self.with_conn(self.timeout, async |c| {
+            let row = c
+                .client
+                .query_opt(&c.get_link, &[&code])
+                .await
+                .map_err(pg_err)?;
+            row.map(|r| row_to_link(code, &r)).transpose()
+        })
+        .await
+    }
+
+    async fn insert_links(&self, links: &[Link]) -> Result<InsertReport, StoreError> {
+        let codes: Vec<&str> = links.iter().map(|l| l.code.as_str()).collect();
+        let targets: Vec<&str> = links.iter().map(|l| l.target.as_str()).collect();
+        let redirects: Vec<i16> = links.iter().map(|l| l.redirect.code() as i16).collect();
+        let created: Vec<OffsetDateTime> = links.iter().map(|l| l.created_at).collect();
+        let expires: Vec<Option<OffsetDateTime>> = links.iter().map(|l| l.expires_at).collect();
+        let disabled: Vec<bool> = links.iter().map(|l| l.disabled).collect();
+        let rows = self
+            .with_conn(BULK_TIMEOUT.max(self.timeout), async |c| {
+                c.client
+                    .query(
+                        INSERT_LINKS,
+                        &[&codes, &targets, &redirects, &created, &expires, &disabled],
+                    )
+                    .await
+                    .map_err(pg_err)
+            })
+            .await?;
+        let mut written: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        let mut report = InsertReport::default();
+        for (i, link) in links.iter().enumerate() {
+            if written.remove(&link.code) {
+                report.inserted += 1;
+            } else {
+                report.existing.push(i);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn(self.timeout, async |c| c.client.simple_query("").await.map(|_| ()).map_err(pg_err))
+            .await
+    }
+}

@@ -1,0 +1,310 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool, bounded
+//! by `sqlite.timeout_ms`. WAL lets readers run beside the writer: the store
+//! keeps `sqlite.readers` read-only connections (picked round-robin) and one
+//! writer connection, each behind its own mutex.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::config::SqliteConfig;
+use crate::error::{with_timeout, StoreError};
+use crate::link::{from_unix, Link, RedirectStatus};
+use crate::migrate;
+use crate::store::{InsertReport, LinkStore};
+
+const NAME: &str = "sqlite";
+
+/// SQLite-backed [`LinkStore`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+    timeout: Duration,
+}
+
+struct Inner {
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    writer: Mutex<Connection>,
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding a connection leaves it usable: SQLite rolls back
+    // an open transaction when the statement or transaction guard drops.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sql_err(e: rusqlite::Error) -> StoreError {
+    StoreError::unavailable(NAME, e)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(config: &SqliteConfig) -> Result<SqliteStore, StoreError> {
+        let path = config.path.clone();
+        let readers = config.readers.max(1);
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let inner = tokio::task::spawn_blocking(move || open_blocking(&path, readers, timeout))
+            .await
+            .map_err(|e| StoreError::unavailable(NAME, e))??;
+        Ok(SqliteStore {
+            inner: Arc::new(inner),
+            timeout,
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        with_timeout(NAME, self.timeout, async move {
+            tokio::task::spawn_blocking(move || f(&inner))
+                .await
+                .map_err(|e| StoreError::unavailable(NAME, e))?
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        lock(&self.readers[i])
+    }
+}
+
+fn open_blocking(path: &Path, readers: usize, timeout: Duration) -> Result<Inner, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::unavailable(NAME, format!("cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    let open = |flags: OpenFlags| -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| StoreError::unavailable(NAME, format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(timeout).map_err(sql_err)?;
+        Ok(conn)
+    };
+    let mut writer = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+    writer
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql_err)?;
+    writer
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sql_err)?;
+    migrate_blocking(&mut writer)?;
+    let readers = (0..readers)
+        .map(|_| {
+            let conn = open(OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            conn.pragma_update(None, "query_only", true).map_err(sql_err)?;
+            Ok(Mutex::new(conn))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Inner {
+        readers,
+        next_reader: AtomicUsize::new(0),
+        writer: Mutex::new(writer),
+    })
+}
+
+fn migrate_blocking(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS edgelink_migrations (
+             version INTEGER PRIMARY KEY,
+             name TEXT NOT NULL,
+             applied_at INTEGER NOT NULL DEFAULT (unixepoch())
+         )",
+    )
+    .map_err(sql_err)?;
+    let applied = {
+        let mut stmt = tx
+            .prepare("SELECT version FROM edgelink_migrations")
+            .map_err(sql_err)?;
+        let rows = stmt.query_map([], |r| r.get::<_, i32>(0)).map_err(sql_err)?;
+        rows.collect::<Result<Vec<i32>, _>>().map_err(sql_err)?
+    };
+    let pending = migrate::pending(migrate::SQLITE, &applied)
+        .map_err(|e| StoreError::unavailable(NAME, e))?;
+    for m in pending {
+        tx.execute_batch(m.sql)
+            .map_err(|e| StoreError::unavailable(NAME, format!("migration {}: {e}", m.version)))?;
+        tx.execute(
+            "INSERT INTO edgelink_migrations (version, name) VALUES (?1, ?2)",
+            params![m.version, m.name],
+        )
+        .map_err(sql_err)?;
+        tracing::info!(version = m.version, name = m.name, "applied sqlite migration");
+    }
+    tx.commit().map_err(sql_err)
+}
+
+fn row_to_link(code: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Link, StoreError>> {
+    let target: String = row.get(0)?;
+    let redirect: i64 = row.get(1)?;
+    let created_at: i64 = row.get(2)?;
+    let expires_at: Option<i64> = row.get(3)?;
+    let disabled: bool = row.get(4)?;
+    let build = || -> Result<Link, String> {
+        let redirect = u16::try_from(redirect)
+            .ok()
+            .and_then(RedirectStatus::from_code)
+            .ok_or_else(|| format!("bad redirect {redirect}"))?;
+        let created_at = from_unix(created_at).ok_or("bad created_at")?;
+        let expires_at = match expires_at {
+            Some(e) => Some(from_unix(e).ok_or("bad expires_at")?),
+            None => None,
+        };
+        Ok(Link {
+            code: code.to_owned(),
+            target,
+            redirect,
+            created_at,
+            expires_at,
+            disabled,
+        })
+    };
+    Ok(build().map_err(|e| StoreError::corrupt(NAME, format!("link {code}: {e}"))))
+}
+
+#[async_trait]
+impl LinkStore for SqliteStore {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn get(&self, code: &str) -> Result<Option<Link>, StoreError> {
+        let code = code.to_owned();
+        self.run(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT target, redirect, created_at, expires_at, disabled \
+                     FROM links WHERE code = ?1",
+                )
+                .map_err(sql_err)?;
+            stmt.query_row([&code], |row| row_to_link(&code, row))
+                .optional()
+                .map_err(sql_err)?
+                .transpose()
+        })
+        .await
+    }
+
+    async fn insert_links(&self, links: &[Link]) -> Result<InsertReport, StoreError> {
+        let links = links.to_vec();
+        self.run(move |inner| {
+            let mut conn = lock(&inner.writer);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            let mut report = InsertReport::default();
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO links (code, target, redirect, created_at, expires_at, disabled) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (code) DO NOTHING",
+                    )
+                    .map_err(sql_err)?;
+                for (i, link) in links.iter().enumerate() {
+                    let n = stmt
+                        .execute(params![
+                            link.code,
+                            link.target,
+                            link.redirect.code(),
+                            link.created_at.unix_timestamp(),
+                            link.expires_at.map(|e| e.unix_timestamp()),
+                            link.disabled,
+                        ])
+                        .map_err(sql_err)?;
+                    if n == 1 {
+                        report.inserted += 1;
+                    } else {
+                        report.existing.push(i);
+                    }
+                }
+            }
+            tx.commit().map_err(sql_err)?;
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|inner| {
+            inner
+                .reader()
+                .query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(sql_err)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::now;
+
+    async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        let cfg = SqliteConfig {
+            path: dir.path().join("sub/edgelink.db"),
+            ..SqliteConfig::default()
+        };
+        SqliteStore::open(&cfg).await.unwrap()
+    }
+
+    fn link(code: &str) -> Link {
+        Link::new(code, "https://a.example/x", RedirectStatus::Found, now(), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn round_trips_links_and_reports_existing_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let mut expiring = link("exp");
+        expiring.expires_at = from_unix(2_000_000_000);
+        expiring.redirect = RedirectStatus::PermanentRedirect;
+        let report = s
+            .insert_links(&[link("a"), expiring.clone(), link("a")])
+            .await
+            .unwrap();
+        assert_eq!(report.inserted, 2);
+        assert_eq!(report.existing, vec![2]);
+        assert_eq!(s.get("exp").await.unwrap(), Some(expiring));
+        assert_eq!(s.get("missing").await.unwrap(), None);
+        s.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reopening_is_idempotent_and_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        store(&dir).await.insert_links(&[link("keep")]).await.unwrap();
+        let again = store(&dir).await;
+        assert!(again.get("keep").await.unwrap().is_some());
+        let journal: String = lock(&again.inner.writer)
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let mut bad = link("bad");
+        bad.code = "not a code".to_owned(); // bypasses Link::new; the CHECK refuses it
+        assert!(s.insert_links(&[link("first"), bad]).await.is_err());
+        assert_eq!(s.get("first").await.unwrap(), None);
+    }
+}

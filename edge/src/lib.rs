@@ -1,0 +1,1 @@
+//! placeholder to let the workspace resolve; replaced below
