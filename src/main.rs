@@ -1,1 +1,373 @@
-fn main() {}
+//! `edgelink`: one binary, one subcommand per role. This file only parses
+//! flags, loads and validates config, sets up logging and the runtime, binds,
+//! and hands over to the role's `run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use edgelink_core::config::{Config, ConfigError, ProcessEnv, StorageMode};
+use edgelink_core::import::{import_csv, ImportError, ImportOptions};
+use edgelink_core::shutdown::{cancel_on_signal, CancellationToken};
+use edgelink_core::store::postgres::PgStore;
+use edgelink_core::store::sqlite::SqliteStore;
+use edgelink_core::{LinkStore, Stores};
+
+/// Exit code for a bad command line or configuration (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code for an import that skipped malformed rows (sysexits EX_DATAERR).
+const EXIT_DATA: u8 = 65;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edgelink",
+    version,
+    about = "EdgeLink: a fast link-shortener serving stack"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// All in one process on an embedded SQLite file (the default setup).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        listen: Listen,
+        #[command(flatten)]
+        sqlite: SqliteArg,
+    },
+    /// The redirect edge on the distributed tiers (Redis, PostgreSQL).
+    Edge {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        listen: Listen,
+        #[command(flatten)]
+        distributed: Distributed,
+    },
+    /// Apply schema migrations to the configured store and exit.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Load links from a CSV file: code,url[,status[,expires_at]] (header optional).
+    Import {
+        /// The CSV file; `-` reads standard input.
+        file: PathBuf,
+        /// Rows written per transaction.
+        #[arg(long, default_value_t = edgelink_core::import::DEFAULT_BATCH)]
+        batch_size: usize,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// TOML config file; `EDGELINK_<SECTION>_<KEY>` variables override it, flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit (0 when valid, 64 when not).
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Args, Debug)]
+struct Listen {
+    /// Public listener [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin listener for /metrics [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+struct SqliteArg {
+    /// SQLite database file [default: ./edgelink.db].
+    #[arg(long, value_name = "PATH")]
+    sqlite: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct Distributed {
+    /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/db.
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0 (optional).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// SQLite database file (the default store) [default: ./edgelink.db].
+    #[arg(long, value_name = "PATH", conflicts_with = "postgres_url")]
+    sqlite: Option<PathBuf>,
+    /// PostgreSQL URL; when set (here or by config), PostgreSQL is the store.
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    edgelink_core::telemetry::init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(Failure::Config(e)) => {
+            eprintln!("edgelink: bad configuration: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("edgelink: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(ConfigError),
+    Run(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Run(e)
+    }
+}
+
+/// Loads the config (file, environment, then flags) and validates it.
+fn load(
+    common: &Common,
+    mode: StorageMode,
+    flags: impl FnOnce(&mut Config),
+) -> Result<Config, ConfigError> {
+    let mut config = Config::load(common.config.as_deref(), &ProcessEnv)?;
+    flags(&mut config);
+    config.validate_for(mode)?;
+    Ok(config)
+}
+
+fn apply_listen(config: &mut Config, listen: &Listen) {
+    if let Some(a) = listen.listen {
+        config.server.listen = a;
+    }
+    if let Some(a) = listen.admin_listen {
+        config.server.admin_listen = a;
+    }
+}
+
+fn apply_store(config: &mut Config, store: &StoreArgs) -> StorageMode {
+    if let Some(p) = &store.sqlite {
+        config.sqlite.path = p.clone();
+        config.postgres.url = None;
+    }
+    if let Some(u) = &store.postgres_url {
+        config.postgres.url = Some(u.clone());
+    }
+    if config.postgres.url.is_some() {
+        StorageMode::Distributed
+    } else {
+        StorageMode::Embedded
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    Ok(b.enable_all().thread_name("edgelink").build()?)
+}
+
+fn checked(check: bool) -> Option<ExitCode> {
+    check.then(|| {
+        println!("configuration is valid");
+        ExitCode::SUCCESS
+    })
+}
+
+fn dispatch(command: Command) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Serve {
+            common,
+            listen,
+            sqlite,
+        } => {
+            let config = load(&common, StorageMode::Embedded, |c| {
+                apply_listen(c, &listen);
+                if let Some(p) = &sqlite.sqlite {
+                    c.sqlite.path = p.clone();
+                }
+            })?;
+            if let Some(code) = checked(common.check) {
+                return Ok(code);
+            }
+            serve_edge(config, StorageMode::Embedded)
+        }
+        Command::Edge {
+            common,
+            listen,
+            distributed,
+        } => {
+            let config = load(&common, StorageMode::Distributed, |c| {
+                apply_listen(c, &listen);
+                if let Some(u) = &distributed.postgres_url {
+                    c.postgres.url = Some(u.clone());
+                }
+                if let Some(u) = &distributed.redis_url {
+                    c.redis.url = Some(u.clone());
+                }
+            })?;
+            if let Some(code) = checked(common.check) {
+                return Ok(code);
+            }
+            serve_edge(config, StorageMode::Distributed)
+        }
+        Command::Migrate { common, store } => {
+            let mut mode = StorageMode::Embedded;
+            let config = load(&common, StorageMode::Embedded, |c| {
+                mode = apply_store(c, &store)
+            })?;
+            config.validate_for(mode)?;
+            if let Some(code) = checked(common.check) {
+                return Ok(code);
+            }
+            runtime(1)?.block_on(async {
+                open_store(&config, mode).await?;
+                println!("migrations applied");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Import {
+            file,
+            batch_size,
+            common,
+            store,
+        } => {
+            let mut mode = StorageMode::Embedded;
+            let config = load(&common, StorageMode::Embedded, |c| {
+                mode = apply_store(c, &store)
+            })?;
+            config.validate_for(mode)?;
+            if batch_size == 0 || batch_size > 100_000 {
+                return Err(ConfigError::Invalid("--batch-size must be 1..=100000".into()).into());
+            }
+            if let Some(code) = checked(common.check) {
+                return Ok(code);
+            }
+            let options = ImportOptions {
+                batch_size,
+                default_status: config.redirect.default_status,
+            };
+            runtime(1)?.block_on(import(&config, mode, &file, &options))
+        }
+    }
+}
+
+fn serve_edge(config: Config, mode: StorageMode) -> Result<ExitCode, Failure> {
+    let rt = runtime(config.server.workers)?;
+    rt.block_on(async move {
+        let stores = match mode {
+            StorageMode::Embedded => Stores::open_embedded(&config).await,
+            StorageMode::Distributed => Stores::open_distributed(&config).await,
+        }
+        .map_err(|e| anyhow::anyhow!("cannot open storage: {e}"))?;
+        let listeners = edgelink_edge::Listeners::bind(&config).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} / {}: {e}",
+                config.server.listen,
+                config.server.admin_listen
+            )
+        })?;
+        let shutdown = CancellationToken::new();
+        cancel_on_signal(shutdown.clone());
+        edgelink_edge::run(listeners, Arc::new(config), stores, shutdown)
+            .await
+            .map_err(anyhow::Error::from)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn open_store(config: &Config, mode: StorageMode) -> anyhow::Result<Arc<dyn LinkStore>> {
+    Ok(match mode {
+        StorageMode::Embedded => Arc::new(SqliteStore::open(&config.sqlite).await?),
+        StorageMode::Distributed => {
+            let pg = PgStore::connect(&config.postgres).await?;
+            pg.migrate().await?;
+            Arc::new(pg)
+        }
+    })
+}
+
+async fn import(
+    config: &Config,
+    mode: StorageMode,
+    file: &std::path::Path,
+    options: &ImportOptions,
+) -> Result<ExitCode, Failure> {
+    let store = open_store(config, mode).await?;
+    let input: Box<dyn std::io::Read> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(file)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?,
+        )
+    };
+    let report = match import_csv(std::io::BufReader::new(input), store.as_ref(), options).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let ImportError::Store { partial, .. } = &e {
+                for p in &partial.problems {
+                    eprintln!("line {}: {}", p.line, p.message);
+                }
+            }
+            return Err(anyhow::Error::from(e).into());
+        }
+    };
+    for p in &report.problems {
+        eprintln!("line {}: {}", p.line, p.message);
+    }
+    let hidden = (report.existing + report.rejected).saturating_sub(report.problems.len() as u64);
+    if hidden > 0 {
+        eprintln!("... and {hidden} more skipped rows");
+    }
+    println!(
+        "imported {} of {} rows into {} ({} skipped: {} malformed, {} already existing)",
+        report.inserted,
+        report.rows,
+        store.name(),
+        report.existing + report.rejected,
+        report.rejected,
+        report.existing
+    );
+    Ok(if report.rejected > 0 {
+        ExitCode::from(EXIT_DATA)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -24,9 +24,17 @@ static CODE_BYTE: [bool; 256] = build_table();
 #[inline]
 pub fn is_valid_code(code: &str) -> bool {
     let bytes = code.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= MAX_CODE_LEN
-        && bytes.iter().all(|&b| CODE_BYTE[b as usize])
+    !bytes.is_empty() && bytes.len() <= MAX_CODE_LEN && bytes.iter().all(|&b| CODE_BYTE[b as usize])
+}
+
+/// Words that are paths of the edge itself (`/healthz`, ...) or reserved for
+/// it, so no link may take them. Other reserved paths (`/api/...`,
+/// `/admin/...`) contain a `/` and can never be codes anyway.
+pub const RESERVED_CODES: [&str; 6] = ["healthz", "readyz", "metrics", "api", "admin", "static"];
+
+/// True when `code` names one of the edge's own paths.
+pub fn is_reserved(code: &str) -> bool {
+    RESERVED_CODES.iter().any(|r| r.eq_ignore_ascii_case(code))
 }
 
 /// Why a code was refused; the message is safe to show a client.
@@ -38,6 +46,8 @@ pub enum CodeError {
     TooLong(usize),
     #[error("code may only contain A-Z, a-z, 0-9, '_' and '-'")]
     BadCharacter,
+    #[error("code {0:?} is reserved")]
+    Reserved(String),
 }
 
 /// Validates a code and says why it is not one.
@@ -48,6 +58,8 @@ pub fn check_code(code: &str) -> Result<(), CodeError> {
         Err(CodeError::TooLong(code.len()))
     } else if !is_valid_code(code) {
         Err(CodeError::BadCharacter)
+    } else if is_reserved(code) {
+        Err(CodeError::Reserved(code.to_owned()))
     } else {
         Ok(())
     }
@@ -71,10 +83,26 @@ mod tests {
             check_code(&"x".repeat(MAX_CODE_LEN + 1)),
             Err(CodeError::TooLong(65))
         );
-        for bad in ["a/b", "a.b", "a b", "a%20", "é", "a\u{0}", "api/", "a?b", "~x"] {
+        for bad in [
+            "a/b", "a.b", "a b", "a%20", "é", "a\u{0}", "api/", "a?b", "~x",
+        ] {
             assert!(!is_valid_code(bad), "{bad:?} must be refused");
             assert_eq!(check_code(bad), Err(CodeError::BadCharacter));
         }
+    }
+
+    #[test]
+    fn reserved_words_are_refused_for_links() {
+        assert!(is_valid_code("healthz"), "syntactically a code");
+        assert_eq!(
+            check_code("healthz"),
+            Err(CodeError::Reserved("healthz".into()))
+        );
+        assert_eq!(
+            check_code("ReadyZ"),
+            Err(CodeError::Reserved("ReadyZ".into()))
+        );
+        assert_eq!(check_code("healthz2"), Ok(()));
     }
 
     #[test]

@@ -255,37 +255,78 @@ impl Config {
             }
         }
         let s = &self.server;
-        need(&mut problems, s.max_connections > 0, "server.max_connections must be > 0");
-        need(&mut problems, s.backlog > 0 && s.backlog <= 65_535, "server.backlog must be 1..=65535");
-        need(&mut problems, 
+        need(
+            &mut problems,
+            s.max_connections > 0,
+            "server.max_connections must be > 0",
+        );
+        need(
+            &mut problems,
+            s.backlog > 0 && s.backlog <= 65_535,
+            "server.backlog must be 1..=65535",
+        );
+        need(
+            &mut problems,
             (1..=300_000).contains(&s.header_read_timeout_ms),
             "server.header_read_timeout_ms must be 1..=300000",
         );
-        need(&mut problems, 
+        need(
+            &mut problems,
             (8 * 1024..=1024 * 1024).contains(&s.max_header_bytes),
             "server.max_header_bytes must be 8192..=1048576",
         );
-        need(&mut problems, s.h2_max_concurrent_streams > 0, "server.h2_max_concurrent_streams must be > 0");
-        need(&mut problems, s.drain_timeout_ms <= 600_000, "server.drain_timeout_ms must be <= 600000");
-        need(&mut problems, s.workers <= 1024, "server.workers must be <= 1024");
-        need(&mut problems, s.listen != s.admin_listen, "server.listen and server.admin_listen must differ");
+        need(
+            &mut problems,
+            s.h2_max_concurrent_streams > 0,
+            "server.h2_max_concurrent_streams must be > 0",
+        );
+        need(
+            &mut problems,
+            s.drain_timeout_ms <= 600_000,
+            "server.drain_timeout_ms must be <= 600000",
+        );
+        need(
+            &mut problems,
+            s.workers <= 1024,
+            "server.workers must be <= 1024",
+        );
+        need(
+            &mut problems,
+            s.listen != s.admin_listen,
+            "server.listen and server.admin_listen must differ",
+        );
         let c = &self.cache;
-        need(&mut problems, c.max_entries > 0, "cache.max_entries must be > 0");
+        need(
+            &mut problems,
+            c.max_entries > 0,
+            "cache.max_entries must be > 0",
+        );
         need(&mut problems, c.ttl_secs > 0, "cache.ttl_secs must be > 0");
-        need(&mut problems, 
+        need(
+            &mut problems,
             c.negative_ttl_secs > 0 && c.negative_ttl_secs <= c.ttl_secs,
             "cache.negative_ttl_secs must be > 0 and <= cache.ttl_secs",
         );
-        need(&mut problems, 
+        need(
+            &mut problems,
             self.redirect.permanent_max_age_secs <= 31_536_000,
             "redirect.permanent_max_age_secs must be <= 31536000 (one year)",
         );
         match mode {
             StorageMode::Embedded => {
                 let q = &self.sqlite;
-                need(&mut problems, !q.path.as_os_str().is_empty(), "sqlite.path must not be empty");
-                need(&mut problems, (1..=64).contains(&q.readers), "sqlite.readers must be 1..=64");
-                need(&mut problems, 
+                need(
+                    &mut problems,
+                    !q.path.as_os_str().is_empty(),
+                    "sqlite.path must not be empty",
+                );
+                need(
+                    &mut problems,
+                    (1..=64).contains(&q.readers),
+                    "sqlite.readers must be 1..=64",
+                );
+                need(
+                    &mut problems,
                     (1..=60_000).contains(&q.timeout_ms),
                     "sqlite.timeout_ms must be 1..=60000",
                 );
@@ -303,12 +344,18 @@ impl Config {
                         }
                     }
                 }
-                need(&mut problems, (1..=1024).contains(&p.pool_size), "postgres.pool_size must be 1..=1024");
-                need(&mut problems, 
+                need(
+                    &mut problems,
+                    (1..=1024).contains(&p.pool_size),
+                    "postgres.pool_size must be 1..=1024",
+                );
+                need(
+                    &mut problems,
                     (1..=60_000).contains(&p.timeout_ms),
                     "postgres.timeout_ms must be 1..=60000",
                 );
-                need(&mut problems, 
+                need(
+                    &mut problems,
                     (1..=60_000).contains(&p.connect_timeout_ms),
                     "postgres.connect_timeout_ms must be 1..=60000",
                 );
@@ -318,17 +365,27 @@ impl Config {
                         problems.push(format!("redis.url is not a Redis URL: {e}"));
                     }
                 }
-                need(&mut problems, (1..=1024).contains(&r.pool_size), "redis.pool_size must be 1..=1024");
-                need(&mut problems, 
+                need(
+                    &mut problems,
+                    (1..=1024).contains(&r.pool_size),
+                    "redis.pool_size must be 1..=1024",
+                );
+                need(
+                    &mut problems,
                     (1..=60_000).contains(&r.timeout_ms),
                     "redis.timeout_ms must be 1..=60000",
                 );
-                need(&mut problems, 
+                need(
+                    &mut problems,
                     (1..=60_000).contains(&r.connect_timeout_ms),
                     "redis.connect_timeout_ms must be 1..=60000",
                 );
                 need(&mut problems, r.ttl_secs > 0, "redis.ttl_secs must be > 0");
-                need(&mut problems, r.key_prefix.len() <= 64, "redis.key_prefix must be at most 64 bytes");
+                need(
+                    &mut problems,
+                    r.key_prefix.len() <= 64,
+                    "redis.key_prefix must be at most 64 bytes",
+                );
             }
         }
         if problems.is_empty() {
@@ -408,11 +465,12 @@ fn apply_env(table: &mut toml::Table, env: &dyn Env) -> Result<(), ConfigError> 
                 .parse::<i64>()
                 .map(toml::Value::Integer)
                 .map_err(|_| bad(format!("expected an integer, got {raw:?}")))?,
-            Some(toml::Value::Boolean(_)) => raw
-                .trim()
-                .parse::<bool>()
-                .map(toml::Value::Boolean)
-                .map_err(|_| bad(format!("expected true or false, got {raw:?}")))?,
+            Some(toml::Value::Boolean(_)) => {
+                raw.trim()
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| bad(format!("expected true or false, got {raw:?}")))?
+            }
             _ => toml::Value::String(raw),
         };
         let entry = table
@@ -449,7 +507,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_for_embedded_mode() {
-        Config::default().validate_for(StorageMode::Embedded).unwrap();
+        Config::default()
+            .validate_for(StorageMode::Embedded)
+            .unwrap();
     }
 
     #[test]
@@ -457,7 +517,10 @@ mod tests {
         let err = Config::default()
             .validate_for(StorageMode::Distributed)
             .unwrap_err();
-        assert!(err.to_string().contains("postgres.url is required"), "{err}");
+        assert!(
+            err.to_string().contains("postgres.url is required"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -481,7 +544,10 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.cache.ttl_secs, 90);
         assert_eq!(cfg.redis.key_prefix, "file:");
-        assert_eq!(cfg.postgres.url.as_deref(), Some("postgres://u@127.0.0.1/db"));
+        assert_eq!(
+            cfg.postgres.url.as_deref(),
+            Some("postgres://u@127.0.0.1/db")
+        );
         assert_eq!(cfg.server.listen, "127.0.0.1:1234".parse().unwrap());
         cfg.validate_for(StorageMode::Distributed).unwrap();
     }
@@ -514,7 +580,12 @@ mod tests {
             .validate_for(StorageMode::Distributed)
             .unwrap_err()
             .to_string();
-        for needle in ["cache.max_entries", "max_header_bytes", "postgres.url", "redis.url"] {
+        for needle in [
+            "cache.max_entries",
+            "max_header_bytes",
+            "postgres.url",
+            "redis.url",
+        ] {
             assert!(msg.contains(needle), "{needle} missing from {msg}");
         }
     }

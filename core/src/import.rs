@@ -78,12 +78,18 @@ pub enum ImportError {
 }
 
 /// Parses one data row.
-pub fn parse_row(fields: &csv::StringRecord, default_status: RedirectStatus) -> Result<Link, String> {
+pub fn parse_row(
+    fields: &csv::StringRecord,
+    default_status: RedirectStatus,
+) -> Result<Link, String> {
     if fields.len() < 2 {
         return Err("expected code,url[,status[,expires_at]]".to_owned());
     }
     if fields.len() > 4 {
-        return Err(format!("expected at most 4 columns, found {}", fields.len()));
+        return Err(format!(
+            "expected at most 4 columns, found {}",
+            fields.len()
+        ));
     }
     let code = &fields[0];
     check_code(code).map_err(|e| format!("bad code {code:?}: {e}"))?;
@@ -97,16 +103,17 @@ pub fn parse_row(fields: &csv::StringRecord, default_status: RedirectStatus) -> 
     };
     let expires_at = match fields.get(3).unwrap_or("") {
         "" => None,
-        s => Some(
-            parse_rfc3339(s)
-                .map_err(|e| format!("bad expires_at {s:?} (RFC 3339, e.g. 2030-01-01T00:00:00Z): {e}"))?,
-        ),
+        s => Some(parse_rfc3339(s).map_err(|e| {
+            format!("bad expires_at {s:?} (RFC 3339, e.g. 2030-01-01T00:00:00Z): {e}")
+        })?),
     };
     Link::new(code, &fields[1], status, now(), expires_at).map_err(|e| e.to_string())
 }
 
 fn is_header(fields: &csv::StringRecord) -> bool {
-    fields.get(0).is_some_and(|f| f.eq_ignore_ascii_case("code"))
+    fields
+        .get(0)
+        .is_some_and(|f| f.eq_ignore_ascii_case("code"))
         && fields.get(1).is_some_and(|f| f.eq_ignore_ascii_case("url"))
 }
 
@@ -220,8 +227,11 @@ mod tests {
         .unwrap();
         assert_eq!(l.redirect, RedirectStatus::MovedPermanently);
         assert_eq!(l.expires_at.unwrap().unix_timestamp(), 1_893_553_445);
-        let l = parse_row(&record(&["a", "https://x.example/", ""]), RedirectStatus::TemporaryRedirect)
-            .unwrap();
+        let l = parse_row(
+            &record(&["a", "https://x.example/", ""]),
+            RedirectStatus::TemporaryRedirect,
+        )
+        .unwrap();
         assert_eq!(l.redirect, RedirectStatus::TemporaryRedirect);
     }
 
@@ -229,11 +239,17 @@ mod tests {
     fn explains_bad_rows() {
         let cases: &[(&[&str], &str)] = &[
             (&["only"], "expected code,url"),
-            (&["a", "https://x.example/", "302", "", "extra"], "at most 4"),
+            (
+                &["a", "https://x.example/", "302", "", "extra"],
+                "at most 4",
+            ),
             (&["a b", "https://x.example/"], "bad code"),
             (&["a", "ftp://x.example/"], "scheme"),
             (&["a", "https://x.example/", "303"], "bad status"),
-            (&["a", "https://x.example/", "", "tomorrow"], "bad expires_at"),
+            (
+                &["a", "https://x.example/", "", "tomorrow"],
+                "bad expires_at",
+            ),
         ];
         for (fields, needle) in cases {
             let err = parse_row(&record(fields), RedirectStatus::Found).unwrap_err();

@@ -128,7 +128,10 @@ impl Link {
     pub fn state_at(&self, now_unix: i64) -> LinkState {
         if self.disabled {
             LinkState::Disabled
-        } else if self.expires_at.is_some_and(|e| e.unix_timestamp() <= now_unix) {
+        } else if self
+            .expires_at
+            .is_some_and(|e| e.unix_timestamp() <= now_unix)
+        {
             LinkState::Expired
         } else {
             LinkState::Live
@@ -214,8 +217,7 @@ pub fn from_unix(secs: i64) -> Option<OffsetDateTime> {
 
 /// Parses an RFC 3339 timestamp (`2026-12-31T23:59:59Z`).
 pub fn parse_rfc3339(s: &str) -> Result<OffsetDateTime, time::error::Parse> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(truncate_to_second)
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map(truncate_to_second)
 }
 
 #[cfg(test)]
@@ -257,7 +259,10 @@ mod tests {
             normalize_target("ftp://x.example/"),
             Err(LinkError::BadScheme(_))
         ));
-        assert!(matches!(normalize_target("/relative"), Err(LinkError::BadUrl(_))));
+        assert!(matches!(
+            normalize_target("/relative"),
+            Err(LinkError::BadUrl(_))
+        ));
         assert_eq!(
             normalize_target("https://a.example/\r\nSet-Cookie: x"),
             Err(LinkError::ControlCharacter)

@@ -33,10 +33,7 @@ pub fn latest(list: &[Migration]) -> i32 {
 
 /// The migrations of `list` that are not in `applied`, in order. Errors when
 /// the database is ahead of this binary.
-pub fn pending<'a>(
-    list: &'a [Migration],
-    applied: &[i32],
-) -> Result<Vec<&'a Migration>, String> {
+pub fn pending<'a>(list: &'a [Migration], applied: &[i32]) -> Result<Vec<&'a Migration>, String> {
     if let Some(max) = applied.iter().max() {
         if *max > latest(list) {
             return Err(format!(
@@ -45,7 +42,10 @@ pub fn pending<'a>(
             ));
         }
     }
-    Ok(list.iter().filter(|m| !applied.contains(&m.version)).collect())
+    Ok(list
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .collect())
 }
 
 #[cfg(test)]

@@ -1,1 +1,271 @@
-//! placeholder to let the workspace resolve; replaced below
+//! EdgeLink edge: the redirect data plane.
+//!
+//! # Layout
+//!
+//! - [`listener`]: socket2-built listeners (`SO_REUSEPORT`, `TCP_NODELAY`, backlog).
+//! - [`server`]: the accept loop: connection cap, hyper HTTP/1.1 + h2c with
+//!   header-read timeout and header-size limit, graceful drain.
+//! - [`resolve`]: redirect resolution through tier 0 (moka, pre-built
+//!   answers, single-flight, negative caching), tier 1 (Redis) and tier 2
+//!   (PostgreSQL or SQLite).
+//! - [`respond`]: the one place outcomes become HTTP responses.
+//! - [`metrics`]: metric names, bounded labels, handles registered once.
+//! - this file: [`run`], the routes of the public and admin listeners, and
+//!   background loops (cache gauge, metrics upkeep).
+//!
+//! Public listener: `GET|HEAD /{code}`, `/healthz`, `/readyz`. Admin
+//! listener: `/metrics` (Prometheus text), `/healthz`.
+
+pub mod listener;
+pub mod metrics;
+pub mod resolve;
+pub mod respond;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgelink_core::config::Config;
+use edgelink_core::shutdown::CancellationToken;
+use edgelink_core::{is_valid_code, Stores};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::metrics::{status_index, EdgeMetrics, InFlight, Tier};
+use crate::resolve::{Answer, Resolver};
+use crate::respond::{failure, Body, Failure, LogThrottle};
+
+/// The bound sockets `run` serves.
+#[derive(Debug)]
+pub struct Listeners {
+    pub public: std::net::TcpListener,
+    pub admin: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config.server`.
+    pub fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let s = &config.server;
+        Ok(Listeners {
+            public: listener::bind(s.listen, s.backlog)?,
+            admin: listener::bind(s.admin_listen, s.backlog)?,
+        })
+    }
+
+    pub fn public_addr(&self) -> std::io::Result<SocketAddr> {
+        self.public.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+}
+
+/// Shared state of one edge.
+struct App {
+    resolver: Resolver,
+    metrics: Arc<EdgeMetrics>,
+    draining: AtomicBool,
+    backend_log: LogThrottle,
+}
+
+/// Serves the edge on `listeners` until `shutdown` is cancelled, then drains
+/// in-flight requests for at most `server.drain_timeout_ms`.
+pub async fn run(
+    listeners: Listeners,
+    config: Arc<Config>,
+    stores: Stores,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let cache_name = stores.cache.as_ref().map_or("cache", |c| c.name());
+    let (edge_metrics, prometheus) = EdgeMetrics::new(cache_name, stores.source.name());
+    let metrics = Arc::new(edge_metrics);
+    let app = Arc::new(App {
+        resolver: Resolver::new(&stores, &config.cache, &config.redirect, metrics.clone()),
+        metrics: metrics.clone(),
+        draining: AtomicBool::new(false),
+        backend_log: LogThrottle::default(),
+    });
+    let public = tokio::net::TcpListener::from_std(listeners.public)?;
+    let admin = tokio::net::TcpListener::from_std(listeners.admin)?;
+    tracing::info!(
+        public = %public.local_addr()?,
+        admin = %admin.local_addr()?,
+        stores = ?stores,
+        "edge listening"
+    );
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
+    let builder = server::builder(&config.server);
+
+    let public_app = app.clone();
+    let public_task = server::serve(
+        public,
+        builder.clone(),
+        move |req| {
+            let app = public_app.clone();
+            async move { app.handle(req).await }
+        },
+        server::ConnLimits {
+            max: config.server.max_connections,
+            open: metrics.connections_open.clone(),
+            rejected: metrics.connections_rejected.clone(),
+        },
+        shutdown.clone(),
+        drain,
+    );
+    let admin_prometheus = prometheus.clone();
+    let admin_task = server::serve(
+        admin,
+        builder,
+        move |req| {
+            let prometheus = admin_prometheus.clone();
+            async move { admin_route(&prometheus, &req) }
+        },
+        server::ConnLimits {
+            max: 256,
+            open: ::metrics::Gauge::noop(),
+            rejected: ::metrics::Counter::noop(),
+        },
+        shutdown.clone(),
+        drain,
+    );
+    let draining_app = app.clone();
+    let draining_token = shutdown.clone();
+    let mark_draining = async move {
+        draining_token.cancelled().await;
+        draining_app.draining.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(
+        public_task,
+        admin_task,
+        mark_draining,
+        background(app, prometheus, shutdown)
+    );
+    tracing::info!("edge stopped");
+    Ok(())
+}
+
+/// Periodic work: the cache-size gauge and the histogram upkeep the
+/// Prometheus recorder needs.
+async fn background(app: Arc<App>, prometheus: PrometheusHandle, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let entries = app.resolver.cache_entries().await;
+        app.metrics.cache_entries.set(entries as f64);
+        n += 1;
+        if n % 5 == 0 {
+            prometheus.run_upkeep();
+        }
+    }
+}
+
+fn admin_route(prometheus: &PrometheusHandle, req: &Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Body::from(prometheus.render()));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        (&Method::GET, "/healthz") => respond::text(StatusCode::OK, "ok\n"),
+        _ => failure(Failure::NotFound),
+    }
+}
+
+// === impl App ===
+
+impl App {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let _in_flight = InFlight::enter(&self.metrics.in_flight);
+        let head = req.method() == Method::HEAD;
+        let readable = head || req.method() == Method::GET;
+        let path = req.uri().path();
+        let (mut resp, tier) = match path {
+            "/healthz" if readable => (respond::text(StatusCode::OK, "ok\n"), Tier::None),
+            "/readyz" if readable => (self.ready().await, Tier::None),
+            _ => match path.strip_prefix('/').filter(|c| is_valid_code(c)) {
+                None => (failure(Failure::NotFound), Tier::None),
+                Some(_) if !readable => (failure(Failure::MethodNotAllowed), Tier::None),
+                Some(code) => self.redirect(code).await,
+            },
+        };
+        self.metrics
+            .request(status_index(resp.status().as_u16()), tier);
+        if head {
+            *resp.body_mut() = Body::default();
+        }
+        resp
+    }
+
+    #[inline]
+    async fn redirect(&self, code: &str) -> (Response<Body>, Tier) {
+        match self.resolver.resolve(code).await {
+            Ok((entry, tier)) => {
+                let resp = match &entry.answer {
+                    Answer::Redirect {
+                        expires_at: Some(exp),
+                        ..
+                    } if *exp <= edgelink_core::link::now_unix() => failure(Failure::Gone),
+                    Answer::Redirect {
+                        status,
+                        location,
+                        cache_control,
+                        ..
+                    } => respond::redirect(*status, location, cache_control),
+                    Answer::Gone => failure(Failure::Gone),
+                    Answer::NotFound => failure(Failure::NotFound),
+                    Answer::Broken => failure(Failure::Internal),
+                };
+                (resp, tier)
+            }
+            Err(e) => {
+                if self.backend_log.allow() {
+                    tracing::warn!(error = %e, "lookup failed; answering 503");
+                }
+                (failure(Failure::Unavailable), Tier::Store)
+            }
+        }
+    }
+
+    /// 200 when the source of truth answers (`degraded` in the body when the
+    /// shared cache does not), 503 when it does not or while draining.
+    async fn ready(&self) -> Response<Body> {
+        if self.draining.load(Ordering::Relaxed) {
+            return respond::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "status": "draining" }),
+            );
+        }
+        let (tier1, tier2) = self.resolver.ping().await;
+        let (tier1_name, tier2_name) = self.resolver.tier_names();
+        let state = |r: &Result<(), edgelink_core::StoreError>| match r {
+            Ok(()) => "up".to_owned(),
+            Err(e) => format!("down: {e}"),
+        };
+        let mut backends = serde_json::Map::new();
+        backends.insert(tier2_name.to_owned(), state(&tier2).into());
+        if let (Some(name), Some(r)) = (tier1_name, &tier1) {
+            backends.insert(name.to_owned(), state(r).into());
+        }
+        let (status, word) = match (&tier2, &tier1) {
+            (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (Ok(()), Some(Err(_))) => (StatusCode::OK, "degraded"),
+            (Ok(()), _) => (StatusCode::OK, "ready"),
+        };
+        respond::json(
+            status,
+            &serde_json::json!({ "status": word, "backends": backends }),
+        )
+    }
+}

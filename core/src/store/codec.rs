@@ -66,7 +66,9 @@ pub fn encode(link: &Link) -> Vec<u8> {
 }
 
 fn read_i64(bytes: &[u8]) -> Result<i64, DecodeError> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| DecodeError::Short(bytes.len()))?;
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| DecodeError::Short(bytes.len()))?;
     Ok(i64::from_le_bytes(arr))
 }
 

@@ -179,7 +179,11 @@ async fn migrate_on(client: &mut tokio_postgres::Client) -> Result<(), StoreErro
         )
         .await
         .map_err(pg_err)?;
-        tracing::info!(version = m.version, name = m.name, "applied postgres migration");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied postgres migration"
+        );
     }
     tx.commit().await.map_err(pg_err)
 }
@@ -249,7 +253,9 @@ impl LinkStore for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_conn(self.timeout, async |c| c.client.simple_query("").await.map(|_| ()).map_err(pg_err))
-            .await
+        self.with_conn(self.timeout, async |c| {
+            c.client.simple_query("").await.map(|_| ()).map_err(pg_err)
+        })
+        .await
     }
 }

@@ -104,7 +104,8 @@ fn open_blocking(path: &Path, readers: usize, timeout: Duration) -> Result<Inner
     let readers = (0..readers)
         .map(|_| {
             let conn = open(OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            conn.pragma_update(None, "query_only", true).map_err(sql_err)?;
+            conn.pragma_update(None, "query_only", true)
+                .map_err(sql_err)?;
             Ok(Mutex::new(conn))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -131,7 +132,9 @@ fn migrate_blocking(conn: &mut Connection) -> Result<(), StoreError> {
         let mut stmt = tx
             .prepare("SELECT version FROM edgelink_migrations")
             .map_err(sql_err)?;
-        let rows = stmt.query_map([], |r| r.get::<_, i32>(0)).map_err(sql_err)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, i32>(0))
+            .map_err(sql_err)?;
         rows.collect::<Result<Vec<i32>, _>>().map_err(sql_err)?
     };
     let pending = migrate::pending(migrate::SQLITE, &applied)
@@ -144,7 +147,11 @@ fn migrate_blocking(conn: &mut Connection) -> Result<(), StoreError> {
             params![m.version, m.name],
         )
         .map_err(sql_err)?;
-        tracing::info!(version = m.version, name = m.name, "applied sqlite migration");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied sqlite migration"
+        );
     }
     tx.commit().map_err(sql_err)
 }
@@ -265,7 +272,14 @@ mod tests {
     }
 
     fn link(code: &str) -> Link {
-        Link::new(code, "https://a.example/x", RedirectStatus::Found, now(), None).unwrap()
+        Link::new(
+            code,
+            "https://a.example/x",
+            RedirectStatus::Found,
+            now(),
+            None,
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -289,7 +303,11 @@ mod tests {
     #[tokio::test]
     async fn reopening_is_idempotent_and_keeps_data() {
         let dir = tempfile::tempdir().unwrap();
-        store(&dir).await.insert_links(&[link("keep")]).await.unwrap();
+        store(&dir)
+            .await
+            .insert_links(&[link("keep")])
+            .await
+            .unwrap();
         let again = store(&dir).await;
         assert!(again.get("keep").await.unwrap().is_some());
         let journal: String = lock(&again.inner.writer)

@@ -1,0 +1,222 @@
+//! The edge's metrics: fixed names, bounded labels, handles registered once.
+//!
+//! Every handle is created at start-up against this edge's own
+//! Prometheus recorder (not the global one, so several edges in one test
+//! process keep separate numbers) and kept in [`EdgeMetrics`]; the request
+//! path only touches atomics. Labels come from fixed sets: status codes the
+//! edge can answer with and the tier names, never a code or a URL.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+pub const REQUESTS_TOTAL: &str = "edgelink_http_requests_total";
+pub const REQUESTS_IN_FLIGHT: &str = "edgelink_http_requests_in_flight";
+pub const CACHE_HITS_TOTAL: &str = "edgelink_cache_hits_total";
+pub const CACHE_MISSES_TOTAL: &str = "edgelink_cache_misses_total";
+pub const CACHE_ENTRIES: &str = "edgelink_cache_entries";
+pub const LOOKUPS_TOTAL: &str = "edgelink_backend_lookups_total";
+pub const LOOKUP_DURATION_SECONDS: &str = "edgelink_backend_lookup_duration_seconds";
+pub const BACKEND_ERRORS_TOTAL: &str = "edgelink_backend_errors_total";
+pub const CONNECTIONS_OPEN: &str = "edgelink_connections_open";
+pub const CONNECTIONS_REJECTED_TOTAL: &str = "edgelink_connections_rejected_total";
+
+/// Status codes the public listener answers with, in label order.
+pub const STATUSES: [u16; 12] = [200, 301, 302, 307, 308, 400, 404, 405, 410, 500, 503, 504];
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// No tier was consulted (health, invalid paths).
+    None = 0,
+    /// Tier 0, the in-process cache.
+    Memory = 1,
+    /// Tier 1, Redis.
+    Cache = 2,
+    /// Tier 2, the source of truth (PostgreSQL or SQLite).
+    Store = 3,
+}
+
+const TIERS: usize = 4;
+
+/// Backends with lookup metrics, by index.
+pub const BACKEND_CACHE: usize = 0;
+pub const BACKEND_STORE: usize = 1;
+
+/// Error kinds of [`edgelink_core::StoreError::kind`], in label order.
+const ERROR_KINDS: [&str; 3] = ["timeout", "unavailable", "corrupt"];
+
+const LOOKUP_BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Index of `status` in [`STATUSES`]; unknown statuses count as 500.
+pub fn status_index(status: u16) -> usize {
+    STATUSES.iter().position(|&s| s == status).unwrap_or(9)
+}
+
+pub struct EdgeMetrics {
+    requests: [[Counter; TIERS]; STATUSES.len()],
+    pub in_flight: Gauge,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_entries: Gauge,
+    pub lookups: [Counter; 2],
+    pub lookup_seconds: [Histogram; 2],
+    errors: [[Counter; ERROR_KINDS.len()]; 2],
+    pub connections_open: Gauge,
+    pub connections_rejected: Counter,
+}
+
+impl EdgeMetrics {
+    /// Registers every handle against a new recorder; returns the handles
+    /// and the handle that renders them.
+    pub fn new(
+        cache_name: &'static str,
+        store_name: &'static str,
+    ) -> (EdgeMetrics, PrometheusHandle) {
+        let recorder: PrometheusRecorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(LOOKUP_DURATION_SECONDS.to_owned()),
+                &LOOKUP_BUCKETS,
+            )
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let tier_label = move |t: usize| match t {
+            0 => "none",
+            1 => "memory",
+            2 => cache_name,
+            _ => store_name,
+        };
+        let backend_label = move |b: usize| {
+            if b == BACKEND_CACHE {
+                cache_name
+            } else {
+                store_name
+            }
+        };
+        let m = metrics::with_local_recorder(&recorder, || {
+            describe();
+            EdgeMetrics {
+                requests: std::array::from_fn(|s| {
+                    std::array::from_fn(|t| {
+                        metrics::counter!(REQUESTS_TOTAL,
+                            "status" => status_label(STATUSES[s]),
+                            "tier" => tier_label(t))
+                    })
+                }),
+                in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
+                cache_hits: metrics::counter!(CACHE_HITS_TOTAL),
+                cache_misses: metrics::counter!(CACHE_MISSES_TOTAL),
+                cache_entries: metrics::gauge!(CACHE_ENTRIES),
+                lookups: std::array::from_fn(
+                    |b| metrics::counter!(LOOKUPS_TOTAL, "backend" => backend_label(b)),
+                ),
+                lookup_seconds: std::array::from_fn(
+                    |b| metrics::histogram!(LOOKUP_DURATION_SECONDS, "backend" => backend_label(b)),
+                ),
+                errors: std::array::from_fn(|b| {
+                    std::array::from_fn(|k| {
+                        metrics::counter!(BACKEND_ERRORS_TOTAL,
+                            "backend" => backend_label(b),
+                            "kind" => ERROR_KINDS[k])
+                    })
+                }),
+                connections_open: metrics::gauge!(CONNECTIONS_OPEN),
+                connections_rejected: metrics::counter!(CONNECTIONS_REJECTED_TOTAL),
+            }
+        });
+        (m, handle)
+    }
+
+    #[inline]
+    pub fn request(&self, status_index: usize, tier: Tier) {
+        self.requests[status_index][tier as usize].increment(1);
+    }
+
+    pub fn lookup(&self, backend: usize, took: Duration) {
+        self.lookups[backend].increment(1);
+        self.lookup_seconds[backend].record(took.as_secs_f64());
+    }
+
+    pub fn backend_error(&self, backend: usize, kind: &str) {
+        let k = ERROR_KINDS.iter().position(|&e| e == kind).unwrap_or(1);
+        self.errors[backend][k].increment(1);
+    }
+}
+
+fn status_label(s: u16) -> &'static str {
+    match s {
+        200 => "200",
+        301 => "301",
+        302 => "302",
+        307 => "307",
+        308 => "308",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        410 => "410",
+        503 => "503",
+        504 => "504",
+        _ => "500",
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by status and by the tier that answered."
+    );
+    describe_gauge!(REQUESTS_IN_FLIGHT, "Requests being answered now.");
+    describe_counter!(
+        CACHE_HITS_TOTAL,
+        "Redirect lookups answered by the in-process cache (tier 0)."
+    );
+    describe_counter!(
+        CACHE_MISSES_TOTAL,
+        "Redirect lookups the in-process cache could not answer."
+    );
+    describe_gauge!(
+        CACHE_ENTRIES,
+        "Entries in the in-process cache (found, gone and unknown codes)."
+    );
+    describe_counter!(LOOKUPS_TOTAL, "Lookups sent to a backend tier.");
+    describe_histogram!(
+        LOOKUP_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time of one backend lookup, by backend."
+    );
+    describe_counter!(
+        BACKEND_ERRORS_TOTAL,
+        "Backend calls that failed, by backend and kind."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Client connections open on the public listener."
+    );
+    describe_counter!(
+        CONNECTIONS_REJECTED_TOTAL,
+        "Connections closed at accept because the connection cap was reached."
+    );
+}
+
+/// Keeps the in-flight gauge right whatever way a request ends.
+pub struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    #[inline]
+    pub fn enter(g: &'a Gauge) -> Self {
+        g.increment(1.0);
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}

@@ -1,0 +1,219 @@
+//! Redirect resolution through the tiers: the in-process cache (tier 0),
+//! then the shared cache (tier 1, Redis), then the source of truth (tier 2,
+//! PostgreSQL or SQLite).
+//!
+//! Tier 0 holds the answer itself, pre-built ([`Answer`]): a hit clones one
+//! `Arc` and copies two `HeaderValue`s (reference counts, no allocation).
+//! Misses for one code coalesce into a single backend lookup (moka's
+//! `try_get_with`); unknown codes are cached for a short negative TTL; a
+//! backend failure is not cached, so the next request tries again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgelink_core::config::{CacheConfig, RedirectConfig};
+use edgelink_core::link::now_unix;
+use edgelink_core::{Link, LinkCache, LinkState, LinkStore, StoreError, Stores};
+use http::{HeaderValue, StatusCode};
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::metrics::{EdgeMetrics, Tier, BACKEND_CACHE, BACKEND_STORE};
+
+/// What the edge answers for a code.
+#[derive(Debug)]
+pub enum Answer {
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+        cache_control: HeaderValue,
+        /// Unix seconds; checked on every hit so a link turns 410 on time.
+        expires_at: Option<i64>,
+    },
+    /// Expired or disabled: 410.
+    Gone,
+    /// Unknown code: 404.
+    NotFound,
+    /// The stored target cannot be a `Location` header (written around the
+    /// API's validation): 500, logged once when loaded.
+    Broken,
+}
+
+/// A tier-0 value: the answer and the tier it was loaded from.
+#[derive(Debug)]
+pub struct Entry {
+    pub answer: Answer,
+    pub source: Tier,
+}
+
+/// Per-entry lifetimes: negative answers short, links no longer than they live.
+struct EntryExpiry {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Expiry<String, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(match value.answer {
+            Answer::NotFound => self.negative_ttl,
+            Answer::Redirect {
+                expires_at: Some(exp),
+                ..
+            } => {
+                let left = u64::try_from(exp - now_unix()).unwrap_or(0);
+                self.ttl.min(Duration::from_secs(left.max(1)))
+            }
+            _ => self.ttl,
+        })
+    }
+}
+
+pub struct Resolver {
+    cache: Cache<String, Arc<Entry>>,
+    tier1: Option<Arc<dyn LinkCache>>,
+    tier2: Arc<dyn LinkStore>,
+    permanent_cache_control: HeaderValue,
+    metrics: Arc<EdgeMetrics>,
+}
+
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+impl Resolver {
+    pub fn new(
+        stores: &Stores,
+        cache: &CacheConfig,
+        redirect: &RedirectConfig,
+        metrics: Arc<EdgeMetrics>,
+    ) -> Resolver {
+        let expiry = EntryExpiry {
+            ttl: Duration::from_secs(cache.ttl_secs),
+            negative_ttl: Duration::from_secs(cache.negative_ttl_secs),
+        };
+        let permanent = format!("public, max-age={}", redirect.permanent_max_age_secs);
+        Resolver {
+            cache: Cache::builder()
+                .max_capacity(cache.max_entries)
+                .expire_after(expiry)
+                .build(),
+            tier1: stores.cache.clone(),
+            tier2: stores.source.clone(),
+            permanent_cache_control: HeaderValue::from_str(&permanent).unwrap_or(NO_STORE),
+            metrics,
+        }
+    }
+
+    /// Resolves a valid code. `Err` means the backends could not answer and
+    /// nothing was cached.
+    pub async fn resolve(&self, code: &str) -> Result<(Arc<Entry>, Tier), Arc<StoreError>> {
+        if let Some(entry) = self.cache.get(code).await {
+            self.metrics.cache_hits.increment(1);
+            return Ok((entry, Tier::Memory));
+        }
+        self.metrics.cache_misses.increment(1);
+        let entry = self
+            .cache
+            .try_get_with_by_ref(code, self.load(code))
+            .await?;
+        let tier = entry.source;
+        Ok((entry, tier))
+    }
+
+    /// Entries in tier 0 (after pending evictions are applied).
+    pub async fn cache_entries(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
+    /// Pings the backends: (tier 1 if configured, tier 2).
+    pub async fn ping(&self) -> (Option<Result<(), StoreError>>, Result<(), StoreError>) {
+        let t1 = async {
+            match &self.tier1 {
+                Some(c) => Some(c.ping().await),
+                None => None,
+            }
+        };
+        tokio::join!(t1, self.tier2.ping())
+    }
+
+    pub fn tier_names(&self) -> (Option<&'static str>, &'static str) {
+        (self.tier1.as_ref().map(|c| c.name()), self.tier2.name())
+    }
+
+    /// The single-flight loader: tier 1, then tier 2 (writing back to tier 1).
+    async fn load(&self, code: &str) -> Result<Arc<Entry>, StoreError> {
+        let mut tier1_healthy = false;
+        if let Some(tier1) = &self.tier1 {
+            let started = Instant::now();
+            let found = tier1.get(code).await;
+            self.metrics.lookup(BACKEND_CACHE, started.elapsed());
+            match found {
+                Ok(Some(link)) => return Ok(self.entry(&link, Tier::Cache)),
+                Ok(None) => tier1_healthy = true,
+                Err(e) => {
+                    // A corrupt value is overwritten below; an unreachable
+                    // tier 1 is skipped, write-back included.
+                    tier1_healthy = matches!(e, StoreError::Corrupt { .. });
+                    self.metrics.backend_error(BACKEND_CACHE, e.kind());
+                    tracing::debug!(error = %e, "tier 1 lookup failed; asking tier 2");
+                }
+            }
+        }
+        let started = Instant::now();
+        let found = self.tier2.get(code).await;
+        self.metrics.lookup(BACKEND_STORE, started.elapsed());
+        match found {
+            Ok(Some(link)) => {
+                let entry = self.entry(&link, Tier::Store);
+                if let (Some(tier1), true) = (&self.tier1, tier1_healthy) {
+                    let tier1 = tier1.clone();
+                    let metrics = self.metrics.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = tier1.put(&link).await {
+                            metrics.backend_error(BACKEND_CACHE, e.kind());
+                            tracing::debug!(error = %e, "tier 1 write-back failed");
+                        }
+                    });
+                }
+                Ok(entry)
+            }
+            Ok(None) => Ok(Arc::new(Entry {
+                answer: Answer::NotFound,
+                source: Tier::Store,
+            })),
+            Err(e) => {
+                self.metrics.backend_error(BACKEND_STORE, e.kind());
+                Err(e)
+            }
+        }
+    }
+
+    fn entry(&self, link: &Link, source: Tier) -> Arc<Entry> {
+        let answer = match link.state_at(now_unix()) {
+            LinkState::Expired | LinkState::Disabled => Answer::Gone,
+            LinkState::Live => match HeaderValue::from_str(&link.target) {
+                Ok(location) => Answer::Redirect {
+                    status: StatusCode::from_u16(link.redirect.code()).unwrap_or(StatusCode::FOUND),
+                    location,
+                    // An expiring link must turn 410 on time, so only
+                    // permanent links without an expiry may be cached downstream.
+                    cache_control: if link.redirect.is_permanent() && link.expires_at.is_none() {
+                        self.permanent_cache_control.clone()
+                    } else {
+                        NO_STORE
+                    },
+                    expires_at: link.expires_at.map(|e| e.unix_timestamp()),
+                },
+                Err(_) => {
+                    tracing::error!(code = %link.code, "stored target is not a valid Location header");
+                    Answer::Broken
+                }
+            },
+        };
+        Arc::new(Entry { answer, source })
+    }
+}

@@ -1,0 +1,175 @@
+//! The one place that turns outcomes into HTTP responses.
+//!
+//! Errors are sorted by who is at fault: the client (404, 405, 410) gets a
+//! JSON body and is not logged; a backend failure gets 503 with
+//! `Retry-After` and is logged at most once per second; an internal fault
+//! gets 500. Bodies and header values are static, so building a response
+//! allocates nothing of ours (hyper's `HeaderMap` allocates its table).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use edgelink_core::link::now_unix;
+
+/// The body type of every response the edge makes.
+pub type Body = Full<Bytes>;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+/// Why a request did not get a redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Not a code, or an unknown one.
+    NotFound,
+    /// Expired or disabled.
+    Gone,
+    MethodNotAllowed,
+    /// A backend could not answer in time.
+    Unavailable,
+    /// The stored data cannot be served.
+    Internal,
+}
+
+impl Failure {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Failure::NotFound => StatusCode::NOT_FOUND,
+            Failure::Gone => StatusCode::GONE,
+            Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Failure::NotFound => {
+                r#"{"error":{"code":"not_found","message":"no link has this code"}}"#
+            }
+            Failure::Gone => {
+                r#"{"error":{"code":"gone","message":"this link has expired or was disabled"}}"#
+            }
+            Failure::MethodNotAllowed => {
+                r#"{"error":{"code":"method_not_allowed","message":"links answer GET and HEAD only"}}"#
+            }
+            Failure::Unavailable => {
+                r#"{"error":{"code":"unavailable","message":"link storage is unavailable; retry shortly"}}"#
+            }
+            Failure::Internal => {
+                r#"{"error":{"code":"internal","message":"this link cannot be served"}}"#
+            }
+        }
+    }
+}
+
+/// An error response with its JSON body.
+pub fn failure(f: Failure) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(f.body().as_bytes())));
+    *resp.status_mut() = f.status();
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, JSON);
+    h.insert(CACHE_CONTROL, NO_STORE);
+    match f {
+        Failure::MethodNotAllowed => {
+            h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        Failure::Unavailable => {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    resp
+}
+
+/// A redirect; the header values are shared with the cache entry.
+#[inline]
+pub fn redirect(
+    status: StatusCode,
+    location: &HeaderValue,
+    cache_control: &HeaderValue,
+) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(LOCATION, location.clone());
+    h.insert(CACHE_CONTROL, cache_control.clone());
+    resp
+}
+
+/// A small plain-text answer (health).
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, TEXT);
+    resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    resp
+}
+
+/// A JSON answer built at run time (readiness); not on the redirect path.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, JSON);
+    resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    resp
+}
+
+/// Lets a message through at most once per second, so a backend outage at
+/// full request rate does not turn into a log flood.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    last: AtomicI64,
+}
+
+impl LogThrottle {
+    pub fn allow(&self) -> bool {
+        let now = now_unix();
+        let last = self.last.load(Ordering::Relaxed);
+        now != last
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_body_is_the_documented_json_shape() {
+        for f in [
+            Failure::NotFound,
+            Failure::Gone,
+            Failure::MethodNotAllowed,
+            Failure::Unavailable,
+            Failure::Internal,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(f.body()).unwrap();
+            assert!(v["error"]["code"].is_string(), "{f:?}");
+            assert!(v["error"]["message"].is_string(), "{f:?}");
+            assert!(f.status().is_client_error() || f.status().is_server_error());
+        }
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let r = failure(Failure::Unavailable);
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn throttle_lets_one_through_per_second() {
+        let t = LogThrottle::default();
+        assert!(t.allow());
+        assert!(!t.allow());
+    }
+}
