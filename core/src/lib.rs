@@ -15,6 +15,8 @@
 //! - [`migrate`]: versioned schema migrations for both SQL backends.
 //! - [`import`]: CSV import in batches.
 //! - [`shutdown`], [`telemetry`]: process plumbing.
+//! - `testing` (hidden): fresh-database and Redis-prefix helpers for the
+//!   workspace's tests against the real services.
 
 pub mod code;
 pub mod config;
@@ -25,6 +27,8 @@ pub mod migrate;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 
 pub use code::{is_valid_code, MAX_CODE_LEN};
 pub use config::Config;

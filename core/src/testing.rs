@@ -1,0 +1,108 @@
+//! Helpers for tests against the real services (DESIGN.md, "Services for
+//! tests and CI"): a fresh PostgreSQL database per test and a unique Redis
+//! key prefix. Used by this workspace's tests only.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::NoTls;
+
+/// The shared PostgreSQL; `EDGELINK_TEST_POSTGRES_URL` overrides.
+pub fn pg_admin_url() -> String {
+    std::env::var("EDGELINK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The shared Redis; `EDGELINK_TEST_REDIS_URL` overrides.
+pub fn redis_url() -> String {
+    std::env::var("EDGELINK_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+/// A name no other test (in this or another process) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}{}_{nanos:x}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn admin_client() -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&pg_admin_url(), NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// A fresh database on the shared server, dropped (connections and all)
+/// when this value is.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// Panics with a pointer to the README when PostgreSQL is not running:
+    /// these tests must fail, not skip, without it.
+    pub async fn create() -> TestDb {
+        let name = unique("edgelink_t_");
+        let admin = admin_client().await.unwrap_or_else(|e| {
+            panic!(
+                "the test PostgreSQL ({}) must be running; see README, Testing: {e}",
+                pg_admin_url()
+            )
+        });
+        if let Err(e) = admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+        {
+            panic!("CREATE DATABASE {name}: {e}");
+        }
+        let url = match pg_admin_url().rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("EDGELINK_TEST_POSTGRES_URL must name a database"),
+        };
+        TestDb { name, url }
+    }
+
+    /// A plain client on this database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        match tokio_postgres::connect(&self.url, NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                client
+            }
+            Err(e) => panic!("connect to {}: {e}", self.url),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; a thread with its own runtime
+        // can block on the DROP without stalling it.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(admin) = admin_client().await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    if let Err(e) = admin.batch_execute(&sql).await {
+                        eprintln!("cleanup: {sql}: {e}");
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}

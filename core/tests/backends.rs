@@ -1,0 +1,246 @@
+//! The storage backends against the real PostgreSQL and Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bb8_redis::redis::AsyncCommands;
+use edgelink_core::config::{Config, PostgresConfig, RedisConfig};
+use edgelink_core::import::{import_csv, ImportOptions};
+use edgelink_core::link::{from_unix, now, now_unix};
+use edgelink_core::store::postgres::PgStore;
+use edgelink_core::store::redis::RedisCache;
+use edgelink_core::store::{codec, LinkCache, LinkStore};
+use edgelink_core::testing::{redis_url, unique, TestDb};
+use edgelink_core::{Link, RedirectStatus, StoreError, Stores};
+
+fn link(code: &str) -> Link {
+    Link::new(
+        code,
+        "https://example.com/x",
+        RedirectStatus::Found,
+        now(),
+        None,
+    )
+    .unwrap()
+}
+
+fn pg_config(db: &TestDb) -> PostgresConfig {
+    PostgresConfig {
+        url: Some(db.url.clone()),
+        timeout_ms: 5_000,
+        ..PostgresConfig::default()
+    }
+}
+
+async fn pg(db: &TestDb) -> PgStore {
+    let store = PgStore::connect(&pg_config(db)).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+fn redis_config() -> RedisConfig {
+    RedisConfig {
+        url: Some(redis_url()),
+        key_prefix: unique("t") + ":",
+        ttl_secs: 120,
+        ..RedisConfig::default()
+    }
+}
+
+async fn raw_redis() -> bb8_redis::redis::aio::MultiplexedConnection {
+    let client = bb8_redis::redis::Client::open(redis_url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+#[tokio::test]
+async fn postgres_round_trips_every_field() {
+    let db = TestDb::create().await;
+    let store = pg(&db).await;
+    let mut full = link("full");
+    full.redirect = RedirectStatus::PermanentRedirect;
+    full.expires_at = from_unix(now_unix() + 3_600);
+    full.disabled = true;
+    let plain = link("plain");
+    store
+        .insert_links(&[full.clone(), plain.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.get("full").await.unwrap(), Some(full));
+    assert_eq!(store.get("plain").await.unwrap(), Some(plain));
+    assert_eq!(store.get("nope").await.unwrap(), None);
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_insert_skips_taken_codes_and_reports_them_by_index() {
+    let db = TestDb::create().await;
+    let store = pg(&db).await;
+    store.insert_links(&[link("taken")]).await.unwrap();
+    let mut changed = link("taken");
+    changed.target = "https://other.example/".into();
+    let report = store
+        .insert_links(&[link("new1"), changed, link("new1"), link("new2")])
+        .await
+        .unwrap();
+    assert_eq!(report.inserted, 2);
+    assert_eq!(report.existing, vec![1, 2]);
+    assert_eq!(
+        store.get("taken").await.unwrap().unwrap().target,
+        "https://example.com/x",
+        "an existing link is never overwritten"
+    );
+}
+
+#[tokio::test]
+async fn postgres_batch_is_all_or_nothing() {
+    let db = TestDb::create().await;
+    let store = pg(&db).await;
+    let mut bad = link("bad");
+    bad.code = "no spaces allowed".into(); // bypasses Link::new; the CHECK refuses it
+    assert!(store.insert_links(&[link("first"), bad]).await.is_err());
+    assert_eq!(store.get("first").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_even_when_run_at_once() {
+    let db = TestDb::create().await;
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let store = PgStore::connect(&pg_config(&db)).await.unwrap();
+        runs.push(tokio::spawn(async move { store.migrate().await }));
+    }
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    pg(&db).await;
+    let versions: Vec<i32> = db
+        .client()
+        .await
+        .query(
+            "SELECT version FROM edgelink_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1]);
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_a_fast_error() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://postgres@{}/test", dead.local_addr().unwrap());
+    drop(dead);
+    let store = PgStore::connect(&PostgresConfig {
+        url: Some(url),
+        timeout_ms: 300,
+        connect_timeout_ms: 200,
+        ..PostgresConfig::default()
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let err = store.get("x").await.unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Unavailable { .. } | StoreError::Timeout { .. }
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(store.migrate().await.is_err());
+}
+
+#[tokio::test]
+async fn redis_round_trips_with_a_ttl_on_every_key() {
+    let cache = RedisCache::connect(&redis_config()).await.unwrap();
+    let plain = link("r1");
+    let mut expiring = link("r2");
+    expiring.expires_at = from_unix(now_unix() + 30);
+    cache.put(&plain).await.unwrap();
+    cache.put(&expiring).await.unwrap();
+    assert_eq!(cache.get("r1").await.unwrap(), Some(plain));
+    assert_eq!(cache.get("r2").await.unwrap(), Some(expiring));
+    assert_eq!(cache.get("r3").await.unwrap(), None);
+
+    let mut conn = raw_redis().await;
+    let ttl1: i64 = conn.ttl(cache.key("r1")).await.unwrap();
+    let ttl2: i64 = conn.ttl(cache.key("r2")).await.unwrap();
+    assert!(ttl1 > 100 && ttl1 <= 120, "configured TTL, got {ttl1}");
+    assert!(
+        ttl2 > 0 && ttl2 <= 30,
+        "cut to the link's expiry, got {ttl2}"
+    );
+    cache.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_corrupt_values_are_errors_not_links() {
+    let cache = RedisCache::connect(&redis_config()).await.unwrap();
+    let mut conn = raw_redis().await;
+    let _: () = conn
+        .set_ex(cache.key("junk"), b"\x09garbage".to_vec(), 60)
+        .await
+        .unwrap();
+    assert!(matches!(
+        cache.get("junk").await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(
+        codec::encode(&link("x")).len(),
+        11 + "https://example.com/x".len(),
+        "compact: an 11-byte header and the target"
+    );
+}
+
+#[tokio::test]
+async fn import_into_postgres_reports_bad_rows_by_line_and_writes_the_rest() {
+    let db = TestDb::create().await;
+    let store: Arc<dyn LinkStore> = Arc::new(pg(&db).await);
+    let csv = "code,url,status,expires_at\n\
+               a1,https://example.com/1\n\
+               bad code,https://example.com/2\n\
+               a3,https://example.com/3,301\n\
+               a4,javascript:alert(1)\n\
+               a5,https://example.com/5,302,2030-01-01T00:00:00Z\n\
+               a1,https://example.com/dup\n\
+               a7,https://example.com/7,399\n\
+               \"a8\",\"https://example.com/8?x=1,2\"\n";
+    let options = ImportOptions {
+        batch_size: 2,
+        ..ImportOptions::default()
+    };
+    let report = import_csv(csv.as_bytes(), store.as_ref(), &options)
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 8);
+    assert_eq!(report.inserted, 4);
+    assert_eq!(report.rejected, 3);
+    assert_eq!(report.existing, 1);
+    let lines: Vec<u64> = report.problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, vec![3, 5, 7, 8]);
+    assert_eq!(
+        store.get("a8").await.unwrap().unwrap().target,
+        "https://example.com/8?x=1,2"
+    );
+    assert_eq!(
+        store.get("a3").await.unwrap().unwrap().redirect,
+        RedirectStatus::MovedPermanently
+    );
+    assert_eq!(
+        store.get("a1").await.unwrap().unwrap().target,
+        "https://example.com/1"
+    );
+}
+
+#[tokio::test]
+async fn distributed_stores_open_and_migrate() {
+    let db = TestDb::create().await;
+    let mut config = Config::default();
+    config.postgres = pg_config(&db);
+    config.redis = redis_config();
+    let stores = Stores::open_distributed(&config).await.unwrap();
+    stores.source.ping().await.unwrap();
+    stores.cache.unwrap().ping().await.unwrap();
+}

@@ -1,0 +1,207 @@
+//! Test harness: real PostgreSQL and Redis (the shared services of
+//! DESIGN.md, isolated per test), edges started in-process on port 0, and
+//! a client that does not follow redirects.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgelink_core::config::Config;
+use edgelink_core::shutdown::CancellationToken;
+use edgelink_core::store::postgres::PgStore;
+use edgelink_core::store::redis::RedisCache;
+use edgelink_core::store::sqlite::SqliteStore;
+use edgelink_core::{LinkCache, LinkStore, Stores};
+use edgelink_edge::{listener, Listeners};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub use edgelink_core::testing::{redis_url, unique, TestDb};
+
+/// A config for tests: generous lookup budgets, a unique Redis key prefix.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.postgres.timeout_ms = 5_000;
+    c.redis.timeout_ms = 1_000;
+    c.redis.ttl_secs = 120;
+    c.redis.key_prefix = unique("t") + ":";
+    c.server.drain_timeout_ms = 1_000;
+    c
+}
+
+pub async fn sqlite_stores(dir: &tempfile::TempDir, config: &mut Config) -> Stores {
+    config.sqlite.path = dir.path().join("edgelink.db");
+    Stores::open_embedded(config).await.unwrap()
+}
+
+/// PostgreSQL (migrated) and, when `with_redis`, Redis.
+pub async fn distributed_stores(db: &TestDb, config: &mut Config, with_redis: bool) -> Stores {
+    config.postgres.url = Some(db.url.clone());
+    config.redis.url = with_redis.then(redis_url);
+    Stores::open_distributed(config).await.unwrap()
+}
+
+pub async fn pg_store(db: &TestDb, config: &Config) -> Arc<PgStore> {
+    let mut c = config.postgres.clone();
+    c.url = Some(db.url.clone());
+    Arc::new(PgStore::connect(&c).await.unwrap())
+}
+
+pub async fn redis_cache(config: &Config) -> RedisCache {
+    let mut c = config.redis.clone();
+    c.url = Some(redis_url());
+    RedisCache::connect(&c).await.unwrap()
+}
+
+pub async fn sqlite_store(config: &Config) -> SqliteStore {
+    SqliteStore::open(&config.sqlite).await.unwrap()
+}
+
+/// An edge running in this process.
+pub struct TestEdge {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+impl TestEdge {
+    pub async fn start(config: Config, stores: Stores) -> TestEdge {
+        let listeners = Listeners {
+            public: listener::bind("127.0.0.1:0".parse().unwrap(), 4096).unwrap(),
+            admin: listener::bind("127.0.0.1:0".parse().unwrap(), 128).unwrap(),
+        };
+        let addr = listeners.public_addr().unwrap();
+        let admin = listeners.admin_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(edgelink_edge::run(
+            listeners,
+            Arc::new(config),
+            stores,
+            shutdown.clone(),
+        ));
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        TestEdge {
+            addr,
+            admin,
+            shutdown,
+            task,
+            client,
+        }
+    }
+
+    pub async fn request(&self, method: Method, path: &str) -> Reply {
+        self.request_to(self.addr, method, path).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path).await
+    }
+
+    pub async fn request_to(&self, addr: SocketAddr, method: Method, path: &str) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("request timed out")
+            .expect("request failed");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The Prometheus text of the admin listener.
+    pub async fn metrics_text(&self) -> String {
+        let r = self.request_to(self.admin, Method::GET, "/metrics").await;
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
+    /// The value of one series, e.g. `edgelink_backend_lookups_total{backend="postgres"}`;
+    /// 0 when the series is not there.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().unwrap())
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn link(code: &str, target: &str) -> edgelink_core::Link {
+    edgelink_core::Link::new(
+        code,
+        target,
+        edgelink_core::RedirectStatus::Found,
+        edgelink_core::link::now(),
+        None,
+    )
+    .unwrap()
+}
+
+pub async fn insert(store: &dyn LinkStore, links: &[edgelink_core::Link]) {
+    let report = store.insert_links(links).await.unwrap();
+    assert_eq!(report.inserted, links.len(), "{report:?}");
+}
+
+pub async fn cached(cache: &dyn LinkCache, code: &str) -> Option<edgelink_core::Link> {
+    cache.get(code).await.unwrap()
+}

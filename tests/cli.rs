@@ -1,0 +1,224 @@
+//! The `edgelink` binary end to end: the README's first-run path, import,
+//! config checking and exit codes, and the distributed edge.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use edgelink_core::testing::{redis_url, unique, TestDb};
+
+fn edgelink() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgelink"));
+    // Only what the test sets reaches the binary.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("EDGELINK_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A running `edgelink` server; killed if the test fails before stopping it.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(cmd: &mut Command) -> Server {
+        let addr = free_addr();
+        let admin = free_addr();
+        let child = cmd
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "server did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, addr }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET, as curl would send it: (status, location).
+fn get(addr: SocketAddr, path: &str) -> (u16, Option<String>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: ").map(str::to_owned));
+    (status, location)
+}
+
+fn write_csv(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn readme_first_run_serve_import_and_follow_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edgelink.db");
+    let server = Server::start(edgelink().arg("serve").arg("--sqlite").arg(&db));
+    let csv = write_csv(dir.path(), "one.csv", "hello,https://example.com/\n");
+    let out = run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 1 of 1 rows"));
+
+    let (status, location) = get(server.addr, "/hello");
+    assert_eq!(status, 302);
+    assert_eq!(location.as_deref(), Some("https://example.com/"));
+    assert_eq!(get(server.addr, "/nope").0, 404);
+    assert_eq!(server.stop().code(), Some(0), "SIGTERM drains and exits 0");
+}
+
+#[test]
+fn import_reports_bad_rows_with_line_numbers_and_exit_65() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("e.db");
+    let csv = write_csv(
+        dir.path(),
+        "mixed.csv",
+        "code,url\ngood,https://example.com/g\nbad code,https://example.com/b\nftp,ftp://example.com/\n",
+    );
+    let out = run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db));
+    assert_eq!(out.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3: bad code"), "{stderr}");
+    assert!(stderr.contains("line 4: url scheme"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 1 of 3 rows"));
+
+    // Re-running is safe: the good row is reported as existing, not duplicated.
+    let out = run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2: code \"good\" already exists"));
+
+    let out = run(edgelink()
+        .args(["import", "/no/such/file.csv", "--sqlite"])
+        .arg(&db));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open"));
+}
+
+#[test]
+fn check_validates_config_and_bad_config_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(edgelink().args(["serve", "--check"]));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    let out = run(edgelink()
+        .args(["serve", "--check"])
+        .env("EDGELINK_CACHE_TTL_SECS", "soon"));
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EDGELINK_CACHE_TTL_SECS"));
+
+    let out = run(edgelink().args(["edge", "--check"]));
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("postgres.url is required"));
+
+    let cfg = write_csv(dir.path(), "bad.toml", "[cache]\nmax_entries = 0\n");
+    let out = run(edgelink().args(["serve", "--check", "--config"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cache.max_entries"));
+
+    let out = run(edgelink().args(["serve", "--listen", "not-an-address"]));
+    assert_eq!(out.status.code(), Some(64));
+
+    let cfg = write_csv(
+        dir.path(),
+        "good.toml",
+        "[postgres]\nurl = \"postgres://u@127.0.0.1/db\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n",
+    );
+    let out = run(edgelink().args(["edge", "--check", "--config"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn distributed_edge_serves_links_imported_into_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::create());
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
+        assert!(out.status.success(), "migrate is idempotent: {out:?}");
+    }
+    let csv = write_csv(dir.path(), "pg.csv", "pg,https://example.com/pg,308\n");
+    let out = run(edgelink()
+        .arg("import")
+        .arg(&csv)
+        .args(["--postgres-url", &db.url]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("into postgres"),
+        "{out:?}"
+    );
+
+    let server = Server::start(
+        edgelink()
+            .args([
+                "edge",
+                "--postgres-url",
+                &db.url,
+                "--redis-url",
+                &redis_url(),
+            ])
+            .env("EDGELINK_REDIS_KEY_PREFIX", unique("cli") + ":"),
+    );
+    let (status, location) = get(server.addr, "/pg");
+    assert_eq!(status, 308);
+    assert_eq!(location.as_deref(), Some("https://example.com/pg"));
+    assert_eq!(server.stop().code(), Some(0));
+    drop(db);
+}
