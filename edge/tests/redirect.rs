@@ -396,7 +396,11 @@ async fn shutdown_turns_readiness_off_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config();
     let stores = sqlite_stores(&dir, &mut config).await;
-    insert(stores.source.as_ref(), &[link("bye", "https://example.com/bye")]).await;
+    insert(
+        stores.source.as_ref(),
+        &[link("bye", "https://example.com/bye")],
+    )
+    .await;
     let edge = TestEdge::start(config, stores).await;
     assert_eq!(edge.get("/bye").await.status, 302);
     let addr = edge.addr;
