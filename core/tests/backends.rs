@@ -237,9 +237,11 @@ async fn import_into_postgres_reports_bad_rows_by_line_and_writes_the_rest() {
 #[tokio::test]
 async fn distributed_stores_open_and_migrate() {
     let db = TestDb::create().await;
-    let mut config = Config::default();
-    config.postgres = pg_config(&db);
-    config.redis = redis_config();
+    let config = Config {
+        postgres: pg_config(&db),
+        redis: redis_config(),
+        ..Config::default()
+    };
     let stores = Stores::open_distributed(&config).await.unwrap();
     stores.source.ping().await.unwrap();
     stores.cache.unwrap().ping().await.unwrap();

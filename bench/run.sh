@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# EdgeLink benchmark: the edge against nginx `return 302` on this machine.
+#
+#   bench/run.sh [embedded|distributed|all]        (default: all)
+#
+# Builds release, seeds BENCH_N links (default 100,000) through `edgelink
+# import`, starts nginx (2 workers, access log off, `return 302`: the
+# baseline) and the edge, warms both, then:
+#   1. closed loop, wrk: A (nginx) B (edge) alternating, BENCH_ROUNDS rounds,
+#      uniform and Zipf code draws (bench/wrk/codes.lua);
+#   2. open loop, oha at a fixed rate (half nginx's median uniform rate),
+#      latency-corrected, redirects not followed, A B alternating.
+# Raw outputs go to bench/out/<stamp>/, the summary to bench/RESULTS.md.
+#
+# Knobs (environment): BENCH_N, BENCH_ROUNDS (3), BENCH_DURATION (10s),
+# BENCH_CONNS (64), BENCH_THREADS (wrk threads, 1), BENCH_OHA_DURATION (10s),
+# BENCH_SEED (42), BENCH_POSTGRES_URL (admin URL; a database edgelink_bench is
+# recreated), BENCH_REDIS_URL, BENCH_RESULTS (output file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+MODES=${1:-all}
+case "$MODES" in all) MODES="embedded distributed" ;; embedded|distributed) ;; *)
+  echo "usage: $0 [embedded|distributed|all]" >&2; exit 64 ;; esac
+N=${BENCH_N:-100000}
+ROUNDS=${BENCH_ROUNDS:-3}
+DURATION=${BENCH_DURATION:-10s}
+CONNS=${BENCH_CONNS:-64}
+THREADS=${BENCH_THREADS:-1}
+OHA_DURATION=${BENCH_OHA_DURATION:-10s}
+SEED=${BENCH_SEED:-42}
+PG_ADMIN=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
+RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/bench/out/$STAMP
+mkdir -p "$OUT"
+export BENCH_N=$N BENCH_SEED=$SEED
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2; return 1
+}
+
+for tool in wrk nginx python3 psql curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (Debian: apt-get install wrk nginx-light postgresql-client curl)" >&2; exit 1; }
+done
+if ! command -v oha >/dev/null; then
+  log "installing oha (cargo install oha --locked)"
+  cargo install oha --locked
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+log "building release"
+cargo build --release --quiet
+BIN=$ROOT/target/release/edgelink
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# --- the seeded set ----------------------------------------------------------
+CSV=$OUT/links.csv
+awk -v n="$N" 'BEGIN { print "code,url"; for (i = 0; i < n; i++) printf "k%07d,https://example.com/landing/%d\n", i, i }' > "$CSV"
+
+# --- nginx, the baseline -----------------------------------------------------
+NGINX_PORT=$(free_port)
+mkdir -p "$OUT/nginx/logs"
+cat > "$OUT/nginx/nginx.conf" <<NGINX
+worker_processes 2;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / { return 302 https://example.com/landing/0; }
+    }
+}
+NGINX
+nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_port "$NGINX_PORT"
+
+run_wrk() { # name port dist
+  BENCH_DIST=$3 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$ROOT/bench/wrk/codes.lua" \
+    "http://127.0.0.1:$2" > "$OUT/$1.wrk.txt"
+  grep -E 'Requests/sec' "$OUT/$1.wrk.txt" | sed "s/^/  $1 /" >&2
+}
+
+warm() { # name port
+  BENCH_DIST=seq wrk -t1 -c"$CONNS" -d"$(( N / 10000 + 5 ))s" -s "$ROOT/bench/wrk/codes.lua" \
+    "http://127.0.0.1:$2" > "$OUT/$1.warm.txt"
+}
+
+run_oha() { # name port rate
+  awk -v n="$N" -v port="$2" -v seed="$SEED" 'BEGIN { srand(seed); for (i = 0; i < 65536; i++) printf "http://127.0.0.1:%d/k%07d\n", port, int(rand() * n) }' > "$OUT/urls-$2.txt"
+  oha --no-tui --urls-from-file -z "$OHA_DURATION" -q "$3" --latency-correction -r 0 -c "$CONNS" \
+    --output-format json -o "$OUT/$1.oha.json" "$OUT/urls-$2.txt"
+}
+
+metric() { # admin_port series
+  curl -fsS "http://127.0.0.1:$1/metrics" | awk -v s="$2" '$1 == s { print $2 }'
+}
+
+for MODE in $MODES; do
+  EDGE_PORT=$(free_port); ADMIN_PORT=$(free_port)
+  export EDGELINK_CACHE_TTL_SECS=3600   # no expiry inside a run: this measures tier-0 hits
+  export RUST_LOG=warn
+  if [ "$MODE" = embedded ]; then
+    DB=$OUT/embedded.db
+    "$BIN" import "$CSV" --sqlite "$DB" > "$OUT/import-$MODE.txt"
+    "$BIN" serve --sqlite "$DB" --listen "127.0.0.1:$EDGE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2> "$OUT/edge-$MODE.log" &
+    STORE=sqlite
+  else
+    psql "$PG_ADMIN" -qc 'DROP DATABASE IF EXISTS edgelink_bench WITH (FORCE)' -c 'CREATE DATABASE edgelink_bench' >/dev/null
+    PG_URL=${PG_ADMIN%/*}/edgelink_bench
+    "$BIN" import "$CSV" --postgres-url "$PG_URL" > "$OUT/import-$MODE.txt"
+    EDGELINK_REDIS_KEY_PREFIX="elbench-$STAMP:" "$BIN" edge --postgres-url "$PG_URL" --redis-url "$REDIS_URL" \
+      --listen "127.0.0.1:$EDGE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2> "$OUT/edge-$MODE.log" &
+    STORE=postgres
+  fi
+  EDGE_PID=$!
+  PIDS+=($EDGE_PID)
+  wait_port "$EDGE_PORT"
+  cat "$OUT/import-$MODE.txt" >&2
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$EDGE_PORT/k0000000")
+  [ "$code" = 302 ] || { echo "edge answered $code for a seeded code" >&2; exit 1; }
+
+  log "$MODE: warming nginx and the edge (every code once)"
+  warm "$MODE-nginx" "$NGINX_PORT"
+  warm "$MODE-edge" "$EDGE_PORT"
+  entries=$(metric "$ADMIN_PORT" edgelink_cache_entries)
+  lookups_before=$(metric "$ADMIN_PORT" "edgelink_backend_lookups_total{backend=\"$STORE\"}")
+  log "$MODE: tier 0 holds $entries entries after warm-up; $lookups_before $STORE lookups so far"
+
+  for r in $(seq 1 "$ROUNDS"); do
+    for dist in uniform zipf; do
+      run_wrk "$MODE-wrk-$dist-nginx-$r" "$NGINX_PORT" "$dist"
+      run_wrk "$MODE-wrk-$dist-edge-$r" "$EDGE_PORT" "$dist"
+    done
+  done
+  RATE=$(python3 "$ROOT/bench/report.py" half-rate "$OUT" "$MODE")
+  log "$MODE: open loop at $RATE req/s (half nginx's median uniform rate)"
+  for r in $(seq 1 "$ROUNDS"); do
+    run_oha "$MODE-oha-nginx-$r" "$NGINX_PORT" "$RATE"
+    run_oha "$MODE-oha-edge-$r" "$EDGE_PORT" "$RATE"
+  done
+  lookups_after=$(metric "$ADMIN_PORT" "edgelink_backend_lookups_total{backend=\"$STORE\"}")
+  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rate\": $RATE}" > "$OUT/$MODE.meta.json"
+  kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
+done
+
+{
+  echo "nproc: $(nproc)"
+  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+  echo "kernel: $(uname -r)"
+  echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //')"
+  echo "wrk: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
+  echo "oha: $(oha --version)"
+  echo "rustc: $(rustc --version)"
+  echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+} > "$OUT/machine.txt"
+python3 "$ROOT/bench/report.py" report "$OUT" "bench/run.sh $*" > "$RESULTS"
+log "wrote $RESULTS (raw: $OUT)"
