@@ -80,7 +80,7 @@ pub async fn run(
     stores: Stores,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let cache_name = stores.cache.as_ref().map_or("cache", |c| c.name());
+    let cache_name = stores.cache.as_ref().map(|c| c.name());
     let (edge_metrics, prometheus) = EdgeMetrics::new(cache_name, stores.source.name());
     let metrics = Arc::new(edge_metrics);
     let app = Arc::new(App {

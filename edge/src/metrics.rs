@@ -53,8 +53,13 @@ const LOOKUP_BUCKETS: [f64; 14] = [
 
 /// Index of `status` in [`STATUSES`]; unknown statuses count as 500.
 pub fn status_index(status: u16) -> usize {
-    STATUSES.iter().position(|&s| s == status).unwrap_or(9)
+    STATUSES
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or(INTERNAL_ERROR_INDEX)
 }
+
+const INTERNAL_ERROR_INDEX: usize = 9;
 
 pub struct EdgeMetrics {
     requests: [[Counter; TIERS]; STATUSES.len()],
@@ -71,9 +76,10 @@ pub struct EdgeMetrics {
 
 impl EdgeMetrics {
     /// Registers every handle against a new recorder; returns the handles
-    /// and the handle that renders them.
+    /// and the handle that renders them. Without a tier 1 (`cache_name` is
+    /// `None`) its series are not registered at all.
     pub fn new(
-        cache_name: &'static str,
+        cache_name: Option<&'static str>,
         store_name: &'static str,
     ) -> (EdgeMetrics, PrometheusHandle) {
         let recorder: PrometheusRecorder = PrometheusBuilder::new()
@@ -84,6 +90,10 @@ impl EdgeMetrics {
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
+        let has_tier1 = cache_name.is_some();
+        let cache_name = cache_name.unwrap_or("cache");
+        // Series of an absent tier 1 stay unregistered (no-op handles).
+        let present = move |is_tier1: bool| has_tier1 || !is_tier1;
         let tier_label = move |t: usize| match t {
             0 => "none",
             1 => "memory",
@@ -102,6 +112,9 @@ impl EdgeMetrics {
             EdgeMetrics {
                 requests: std::array::from_fn(|s| {
                     std::array::from_fn(|t| {
+                        if !present(t == Tier::Cache as usize) {
+                            return Counter::noop();
+                        }
                         metrics::counter!(REQUESTS_TOTAL,
                             "status" => status_label(STATUSES[s]),
                             "tier" => tier_label(t))
@@ -111,14 +124,23 @@ impl EdgeMetrics {
                 cache_hits: metrics::counter!(CACHE_HITS_TOTAL),
                 cache_misses: metrics::counter!(CACHE_MISSES_TOTAL),
                 cache_entries: metrics::gauge!(CACHE_ENTRIES),
-                lookups: std::array::from_fn(
-                    |b| metrics::counter!(LOOKUPS_TOTAL, "backend" => backend_label(b)),
-                ),
-                lookup_seconds: std::array::from_fn(
-                    |b| metrics::histogram!(LOOKUP_DURATION_SECONDS, "backend" => backend_label(b)),
-                ),
+                lookups: std::array::from_fn(|b| {
+                    if !present(b == BACKEND_CACHE) {
+                        return Counter::noop();
+                    }
+                    metrics::counter!(LOOKUPS_TOTAL, "backend" => backend_label(b))
+                }),
+                lookup_seconds: std::array::from_fn(|b| {
+                    if !present(b == BACKEND_CACHE) {
+                        return Histogram::noop();
+                    }
+                    metrics::histogram!(LOOKUP_DURATION_SECONDS, "backend" => backend_label(b))
+                }),
                 errors: std::array::from_fn(|b| {
                     std::array::from_fn(|k| {
+                        if !present(b == BACKEND_CACHE) {
+                            return Counter::noop();
+                        }
                         metrics::counter!(BACKEND_ERRORS_TOTAL,
                             "backend" => backend_label(b),
                             "kind" => ERROR_KINDS[k])
@@ -218,5 +240,32 @@ impl Drop for InFlight<'_> {
     #[inline]
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_match_their_index() {
+        assert_eq!(STATUSES[INTERNAL_ERROR_INDEX], 500);
+        for (i, s) in STATUSES.iter().enumerate() {
+            assert_eq!(status_index(*s), i);
+            assert_eq!(status_label(*s), s.to_string());
+        }
+        assert_eq!(status_index(418), INTERNAL_ERROR_INDEX);
+    }
+
+    #[test]
+    fn an_absent_tier1_has_no_series() {
+        let (m, handle) = EdgeMetrics::new(None, "sqlite");
+        m.request(status_index(302), Tier::Store);
+        let text = handle.render();
+        assert!(text.contains(r#"edgelink_http_requests_total{status="302",tier="sqlite"} 1"#));
+        assert!(!text.contains(r#"tier="cache""#), "{text}");
+        assert!(!text.contains(r#"backend="cache""#), "{text}");
+        let (_, handle) = EdgeMetrics::new(Some("redis"), "postgres");
+        assert!(handle.render().contains(r#"backend="redis""#));
     }
 }

@@ -1,0 +1,75 @@
+//! The redirect hot path allocates nothing of ours: a tier-0 hit and the
+//! response built from it are counted by dhat's allocator.
+//!
+//! What is left is not ours and is bounded here so a regression shows:
+//! moka runs its housekeeping inline on about every 64th read (a boxed
+//! shared future, a crossbeam-epoch bag; about 0.09 blocks per hit
+//! amortised, measured with a dhat heap profile), and hyper's `HeaderMap`
+//! allocates its tables on a response's first header. A per-hit allocation
+//! of ours would add at least 1.0 per hit.
+//!
+//! One test per file: dhat allows one profiler per process.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::sync::Arc;
+
+use edgelink_edge::metrics::EdgeMetrics;
+use edgelink_edge::resolve::{Answer, Resolver};
+use edgelink_edge::respond;
+use support::*;
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tier0_hit_allocates_nothing() {
+    const HITS: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    let stores = sqlite_stores(&dir, &mut config).await;
+    insert(
+        stores.source.as_ref(),
+        &[link("hot", "https://example.com/hot")],
+    )
+    .await;
+    let (metrics, _prometheus) = EdgeMetrics::new(None, "sqlite");
+    let resolver = Resolver::new(&stores, &config.cache, &config.redirect, Arc::new(metrics));
+    resolver.resolve("hot").await.unwrap(); // the miss fills tier 0
+    resolver.cache_entries().await; // and moka's pending housekeeping is done
+
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let before = dhat::HeapStats::get();
+    for _ in 0..HITS {
+        let (entry, _) = resolver.resolve("hot").await.unwrap();
+        assert!(matches!(entry.answer, Answer::Redirect { .. }));
+    }
+    let resolved = dhat::HeapStats::get();
+    let mut responses = 0;
+    for _ in 0..HITS {
+        let (entry, _) = resolver.resolve("hot").await.unwrap();
+        if let Answer::Redirect {
+            status,
+            location,
+            cache_control,
+            ..
+        } = &entry.answer
+        {
+            let resp = respond::redirect(*status, location, cache_control);
+            responses += resp.status().as_u16() as u64;
+        }
+    }
+    let responded = dhat::HeapStats::get();
+    assert_eq!(responses, HITS * 302);
+
+    let per_hit = (resolved.total_blocks - before.total_blocks) as f64 / HITS as f64;
+    assert!(per_hit < 0.2, "a tier-0 hit allocated {per_hit} blocks");
+    let per_response =
+        (responded.total_blocks - resolved.total_blocks) as f64 / HITS as f64 - per_hit;
+    eprintln!("blocks per hit: {per_hit:.3}; per response built: {per_response:.3}");
+    assert!(
+        per_response <= 2.2,
+        "building a redirect allocated {per_response} blocks per response"
+    );
+}
