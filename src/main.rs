@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use edgelink_core::config::{Config, ConfigError, ProcessEnv, StorageMode};
+use edgelink_core::config::{
+    Config, ConfigError, ProcessEnv, ServerConfig, StorageMode, Threading,
+};
 use edgelink_core::import::{import_csv, ImportError, ImportOptions};
 use edgelink_core::shutdown::{cancel_on_signal, CancellationToken};
 use edgelink_core::store::postgres::PgStore;
@@ -195,12 +197,25 @@ fn apply_store(config: &mut Config, store: &StoreArgs) -> StorageMode {
     }
 }
 
+/// The runtime for the CLI helpers (import, migrate): one worker is plenty.
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if workers > 0 {
         b.worker_threads(workers);
     }
     Ok(b.enable_all().thread_name("edgelink").build()?)
+}
+
+/// The runtime a serving role runs on. Per-core: this thread runs the first
+/// public listener and `edgelink_edge::run` starts one thread per further
+/// listener. Work-stealing: one multi-threaded runtime.
+fn serving_runtime(server: &ServerConfig) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(match server.threading {
+        Threading::PerCore => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Threading::WorkStealing => runtime(server.worker_count())?,
+    })
 }
 
 fn checked(check: bool) -> Option<ExitCode> {
@@ -289,7 +304,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
 }
 
 fn serve_edge(config: Config, mode: StorageMode) -> Result<ExitCode, Failure> {
-    let rt = runtime(config.server.workers)?;
+    let rt = serving_runtime(&config.server)?;
     rt.block_on(async move {
         let stores = match mode {
             StorageMode::Embedded => Stores::open_embedded(&config).await,

@@ -41,7 +41,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Admin listener (`/metrics`); keep it off the public network.
     pub admin_listen: SocketAddr,
-    /// Runtime worker threads; 0 means one per CPU.
+    /// How connections are spread over threads; see [`Threading`].
+    pub threading: Threading,
+    /// Threads serving the public listener; 0 means one per CPU.
     pub workers: usize,
     /// Open connections beyond this are closed at accept.
     pub max_connections: usize,
@@ -55,6 +57,38 @@ pub struct ServerConfig {
     pub h2_max_concurrent_streams: u32,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout_ms: u64,
+}
+
+/// How the edge spreads connections over threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Threading {
+    /// One single-threaded runtime per worker, each with its own
+    /// `SO_REUSEPORT` listener on the same address; the kernel spreads new
+    /// connections and a connection stays on its thread (nginx's model: no
+    /// cross-thread wake-ups on the request path).
+    PerCore,
+    /// One multi-threaded, work-stealing runtime and one listener: evens out
+    /// a few very busy connections at the cost of cross-thread wake-ups.
+    WorkStealing,
+}
+
+impl ServerConfig {
+    /// Worker threads to run: `workers`, or one per CPU when 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Public listeners to bind: one per worker in per-core mode.
+    pub fn public_listeners(&self) -> usize {
+        match self.threading {
+            Threading::PerCore => self.worker_count(),
+            Threading::WorkStealing => 1,
+        }
+    }
 }
 
 /// Tier 0: the in-process cache.
@@ -125,6 +159,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            threading: Threading::PerCore,
             workers: 0,
             max_connections: 10_000,
             backlog: 4096,

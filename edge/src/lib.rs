@@ -41,22 +41,28 @@ use crate::respond::{failure, Body, Failure, LogThrottle};
 /// The bound sockets `run` serves.
 #[derive(Debug)]
 pub struct Listeners {
-    pub public: std::net::TcpListener,
+    /// One or more listeners on the same address (`SO_REUSEPORT`); each is
+    /// served by its own thread when there are several.
+    pub public: Vec<std::net::TcpListener>,
     pub admin: std::net::TcpListener,
 }
 
 impl Listeners {
-    /// Binds the addresses of `config.server`.
+    /// Binds the addresses of `config.server`: one public listener per
+    /// worker in per-core mode, one in work-stealing mode.
     pub fn bind(config: &Config) -> std::io::Result<Listeners> {
         let s = &config.server;
         Ok(Listeners {
-            public: listener::bind(s.listen, s.backlog)?,
+            public: listener::bind_many(s.listen, s.public_listeners(), s.backlog)?,
             admin: listener::bind(s.admin_listen, s.backlog)?,
         })
     }
 
     pub fn public_addr(&self) -> std::io::Result<SocketAddr> {
-        self.public.local_addr()
+        match self.public.first() {
+            Some(l) => l.local_addr(),
+            None => Err(std::io::Error::other("no public listener")),
+        }
     }
 
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
@@ -74,6 +80,12 @@ struct App {
 
 /// Serves the edge on `listeners` until `shutdown` is cancelled, then drains
 /// in-flight requests for at most `server.drain_timeout_ms`.
+///
+/// The first public listener, the admin listener and the background loops
+/// run on the caller's runtime; every further public listener gets a thread
+/// of its own with a single-threaded runtime (per-core mode). Connections
+/// never move between threads; the cache, the pools and the metrics are
+/// shared.
 pub async fn run(
     listeners: Listeners,
     config: Arc<Config>,
@@ -89,30 +101,62 @@ pub async fn run(
         draining: AtomicBool::new(false),
         backend_log: LogThrottle::default(),
     });
-    let public = tokio::net::TcpListener::from_std(listeners.public)?;
+    let mut publics = listeners.public.into_iter();
+    let first = publics
+        .next()
+        .ok_or_else(|| std::io::Error::other("no public listener"))?;
+    let public = tokio::net::TcpListener::from_std(first)?;
     let admin = tokio::net::TcpListener::from_std(listeners.admin)?;
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
+    let builder = server::builder(&config.server);
+    let limits = server::ConnLimits::new(
+        config.server.max_connections,
+        metrics.connections_open.clone(),
+        metrics.connections_rejected.clone(),
+    );
+    let handler = {
+        let app = app.clone();
+        move |req| {
+            let app = app.clone();
+            async move { app.handle(req).await }
+        }
+    };
+
+    let mut threads = Vec::new();
+    for (i, listener) in publics.enumerate() {
+        let (builder, handler, limits, shutdown) = (
+            builder.clone(),
+            handler.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("edgelink-io-{}", i + 1))
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    server::serve(listener, builder, handler, limits, shutdown, drain).await;
+                    Ok(())
+                })
+            })?;
+        threads.push(thread);
+    }
     tracing::info!(
         public = %public.local_addr()?,
+        threads = threads.len() + 1,
         admin = %admin.local_addr()?,
         stores = ?stores,
         "edge listening"
     );
-    let drain = Duration::from_millis(config.server.drain_timeout_ms);
-    let builder = server::builder(&config.server);
 
-    let public_app = app.clone();
     let public_task = server::serve(
         public,
         builder.clone(),
-        move |req| {
-            let app = public_app.clone();
-            async move { app.handle(req).await }
-        },
-        server::ConnLimits {
-            max: config.server.max_connections,
-            open: metrics.connections_open.clone(),
-            rejected: metrics.connections_rejected.clone(),
-        },
+        handler,
+        limits,
         shutdown.clone(),
         drain,
     );
@@ -124,11 +168,7 @@ pub async fn run(
             let prometheus = admin_prometheus.clone();
             async move { admin_route(&prometheus, &req) }
         },
-        server::ConnLimits {
-            max: 256,
-            open: ::metrics::Gauge::noop(),
-            rejected: ::metrics::Counter::noop(),
-        },
+        server::ConnLimits::new(256, ::metrics::Gauge::noop(), ::metrics::Counter::noop()),
         shutdown.clone(),
         drain,
     );
@@ -144,6 +184,14 @@ pub async fn run(
         mark_draining,
         background(app, prometheus, shutdown)
     );
+    for thread in threads {
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+        match joined {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "a listener thread failed"),
+            _ => tracing::error!("a listener thread panicked"),
+        }
+    }
     tracing::info!("edge stopped");
     Ok(())
 }

@@ -24,6 +24,22 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     Ok(socket.into())
 }
 
+/// Binds `count` listeners on one address. When `addr` has port 0 the
+/// first one picks the port and the others join it.
+pub fn bind_many(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = bind(addr, backlog)?;
+    let actual = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..count.max(1) {
+        all.push(bind(actual, backlog)?);
+    }
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +50,14 @@ mod tests {
         let addr = a.local_addr().unwrap();
         let b = bind(addr, 128).unwrap();
         assert_eq!(b.local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn bind_many_shares_the_port_picked_by_the_first() {
+        let all = bind_many("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
+        assert_eq!(all.len(), 3);
+        let port = all[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        assert!(all.iter().all(|l| l.local_addr().unwrap().port() == port));
     }
 }

@@ -36,11 +36,22 @@ pub fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Connection accounting for one listener.
+/// Connection accounting, shared by every listener of one role.
+#[derive(Clone)]
 pub struct ConnLimits {
-    pub max: usize,
+    pub permits: Arc<Semaphore>,
     pub open: Gauge,
     pub rejected: Counter,
+}
+
+impl ConnLimits {
+    pub fn new(max: usize, open: Gauge, rejected: Counter) -> ConnLimits {
+        ConnLimits {
+            permits: Arc::new(Semaphore::new(max)),
+            open,
+            rejected,
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown`, then drains for at most `drain`.
@@ -55,7 +66,6 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _peer) = tokio::select! {
@@ -71,7 +81,7 @@ pub async fn serve<H, F>(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Ok(permit) = limits.permits.clone().try_acquire_owned() else {
             // Over the cap: close now rather than queue without bound.
             limits.rejected.increment(1);
             drop(stream);

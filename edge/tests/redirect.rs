@@ -412,3 +412,29 @@ async fn shutdown_turns_readiness_off_and_stops() {
         "listener closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_listeners_share_the_port_the_cache_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    let stores = sqlite_stores(&dir, &mut config).await;
+    insert(stores.source.as_ref(), &[link("pc", "https://example.com/pc")]).await;
+    let edge = std::sync::Arc::new(TestEdge::start_with(config, stores, 3).await);
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let edge = edge.clone();
+        tasks.push(tokio::spawn(async move { edge.get("/pc").await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 302);
+    }
+    // One tier 0 for all threads: a single lookup however the kernel spread
+    // the connections.
+    assert_eq!(edge.metric(SQLITE_LOOKUPS).await, 1.0);
+    let edge = std::sync::Arc::into_inner(edge).unwrap();
+    let addr = edge.addr;
+    tokio::time::timeout(Duration::from_secs(5), edge.stop())
+        .await
+        .expect("every listener thread stops");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

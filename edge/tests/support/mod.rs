@@ -89,8 +89,15 @@ impl Reply {
 
 impl TestEdge {
     pub async fn start(config: Config, stores: Stores) -> TestEdge {
+        Self::start_with(config, stores, 1).await
+    }
+
+    /// An edge with `public_listeners` listeners on one port (per-core mode:
+    /// all but the first get a thread of their own).
+    pub async fn start_with(config: Config, stores: Stores, public_listeners: usize) -> TestEdge {
         let listeners = Listeners {
-            public: listener::bind("127.0.0.1:0".parse().unwrap(), 4096).unwrap(),
+            public: listener::bind_many("127.0.0.1:0".parse().unwrap(), public_listeners, 4096)
+                .unwrap(),
             admin: listener::bind("127.0.0.1:0".parse().unwrap(), 128).unwrap(),
         };
         let addr = listeners.public_addr().unwrap();
