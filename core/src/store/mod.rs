@@ -61,6 +61,21 @@ pub trait LinkCache: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// The pool policy every backend shares: connections open lazily (a role
+/// starts, and serves from other tiers, while a backend is down), are not
+/// tested on checkout (a round trip per request; broken ones are dropped by
+/// the manager's `has_broken`), and opening one is bounded in time.
+pub(crate) fn pool_builder<M: bb8::ManageConnection>(
+    size: u32,
+    connect_timeout_ms: u64,
+) -> bb8::Builder<M> {
+    bb8::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .test_on_check_out(false)
+        .connection_timeout(std::time::Duration::from_millis(connect_timeout_ms))
+}
+
 /// The storage a role works with.
 #[derive(Clone)]
 pub struct Stores {

@@ -102,11 +102,7 @@ impl PgStore {
         let manager = PgManager {
             inner: PostgresConnectionManager::new(pg.clone(), NoTls),
         };
-        let pool = bb8::Pool::builder()
-            .max_size(config.pool_size)
-            .min_idle(Some(0))
-            .test_on_check_out(false)
-            .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+        let pool = super::pool_builder(config.pool_size, config.connect_timeout_ms)
             .build_unchecked(manager);
         Ok(PgStore {
             pool,

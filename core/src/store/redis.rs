@@ -40,11 +40,7 @@ impl RedisCache {
             .as_deref()
             .ok_or_else(|| redis_err("redis.url is not set"))?;
         let manager = RedisConnectionManager::new(url).map_err(redis_err)?;
-        let pool = bb8::Pool::builder()
-            .max_size(config.pool_size)
-            .min_idle(Some(0))
-            .test_on_check_out(false)
-            .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+        let pool = super::pool_builder(config.pool_size, config.connect_timeout_ms)
             .build_unchecked(manager);
         Ok(RedisCache {
             pool,
