@@ -77,7 +77,8 @@ def report(out, command):
         "lookup count during measurement below proves it). Closed loop: `wrk` with",
         "`bench/wrk/codes.lua`, nginx and edge alternating (A B A B ...); each figure is the",
         "median of the rounds, every round listed. Open loop: `oha` at a fixed rate of half",
-        "nginx's median uniform req/s, `--latency-correction`, redirects not followed.",
+        "nginx's median uniform req/s (the issue's target point) and at a lower fixed rate,",
+        "`--latency-correction`, redirects not followed.",
         "",
     ]
     for mode in ("embedded", "distributed"):
@@ -86,7 +87,9 @@ def report(out, command):
             continue
         meta = json.load(open(meta_path))
         store = "SQLite" if mode == "embedded" else "Redis + PostgreSQL"
-        lines += [f"## {mode} mode ({store} behind tier 0)", ""]
+        workers = meta.get("edge_workers", 0)
+        threads = f"{workers} thread" + ("s" if workers != 1 else "") if workers else "one thread per core (default)"
+        lines += [f"## {mode} mode ({store} behind tier 0), edge with {threads}", ""]
         lines += [
             f"Tier 0 held {meta['entries']:.0f} entries after warm-up; "
             f"{meta['lookups_during_measurement']} backend lookups happened during measurement.",
@@ -111,13 +114,13 @@ def report(out, command):
             )
         lines += [
             "",
-            f"Open loop at {meta['rate']} req/s (oha, latency-corrected; median of rounds):",
+            "Open loop (oha, latency-corrected; median of rounds, every round's p99 listed):",
             "",
-            "| target | achieved req/s | p50 | p90 | p99 | p99.9 | statuses | errors |",
-            "|---|---|---|---|---|---|---|---|",
+            "| rate | target | achieved req/s | p50 | p90 | p99 | p99.9 | statuses | errors |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for target in ("nginx", "edge"):
-            rs = runs(out, f"{mode}-oha-{target}-*.oha.json", oha)
+        for rate, target in [(r, t) for r in meta["rates"] for t in ("nginx", "edge")]:
+            rs = runs(out, f"{mode}-oha{rate}-{target}-*.oha.json", oha)
             if not rs:
                 continue
             p = lambda k: median([x["lat"].get(k) or float("nan") for x in rs])
@@ -130,7 +133,7 @@ def report(out, command):
                     errors[k] = errors.get(k, 0) + v
             p99s = ", ".join(ms(x["lat"].get("p99") or float("nan")) for x in rs)
             lines.append(
-                f"| {target} | {median([x['rps'] for x in rs]):.0f} | {ms(p('p50'))} | {ms(p('p90'))} "
+                f"| {rate} | {target} | {median([x['rps'] for x in rs]):.0f} | {ms(p('p50'))} | {ms(p('p90'))} "
                 f"| **{ms(p('p99'))}** ({p99s}) | {ms(p('p99.9'))} "
                 f"| {json.dumps(statuses)} | {json.dumps(errors) if errors else 'none'} |"
             )

@@ -14,8 +14,11 @@
 #
 # Knobs (environment): BENCH_N, BENCH_ROUNDS (3), BENCH_DURATION (10s),
 # BENCH_CONNS (64), BENCH_THREADS (wrk threads, 1), BENCH_OHA_DURATION (10s),
-# BENCH_SEED (42), BENCH_POSTGRES_URL (admin URL; a database edgelink_bench is
-# recreated), BENCH_REDIS_URL, BENCH_RESULTS (output file).
+# BENCH_OHA_LOW_RATE (20000: a second open-loop rate the machine can sustain
+# with the load generator on the same cores), BENCH_EDGE_WORKERS (edge threads;
+# default: one per core, like nginx's 2 workers here), BENCH_SEED (42),
+# BENCH_POSTGRES_URL (admin URL; a database edgelink_bench is recreated),
+# BENCH_REDIS_URL, BENCH_RESULTS (output file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,6 +32,8 @@ DURATION=${BENCH_DURATION:-10s}
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-1}
 OHA_DURATION=${BENCH_OHA_DURATION:-10s}
+OHA_LOW_RATE=${BENCH_OHA_LOW_RATE:-20000}
+EDGE_WORKERS=${BENCH_EDGE_WORKERS:-0}
 SEED=${BENCH_SEED:-42}
 PG_ADMIN=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
@@ -114,6 +119,7 @@ metric() { # admin_port series
 for MODE in $MODES; do
   EDGE_PORT=$(free_port); ADMIN_PORT=$(free_port)
   export EDGELINK_CACHE_TTL_SECS=3600   # no expiry inside a run: this measures tier-0 hits
+  export EDGELINK_SERVER_WORKERS=$EDGE_WORKERS
   export RUST_LOG=warn
   if [ "$MODE" = embedded ]; then
     DB=$OUT/embedded.db
@@ -149,13 +155,15 @@ for MODE in $MODES; do
     done
   done
   RATE=$(python3 "$ROOT/bench/report.py" half-rate "$OUT" "$MODE")
-  log "$MODE: open loop at $RATE req/s (half nginx's median uniform rate)"
-  for r in $(seq 1 "$ROUNDS"); do
-    run_oha "$MODE-oha-nginx-$r" "$NGINX_PORT" "$RATE"
-    run_oha "$MODE-oha-edge-$r" "$EDGE_PORT" "$RATE"
+  for rate in "$RATE" "$OHA_LOW_RATE"; do
+    log "$MODE: open loop at $rate req/s"
+    for r in $(seq 1 "$ROUNDS"); do
+      run_oha "$MODE-oha$rate-nginx-$r" "$NGINX_PORT" "$rate"
+      run_oha "$MODE-oha$rate-edge-$r" "$EDGE_PORT" "$rate"
+    done
   done
   lookups_after=$(metric "$ADMIN_PORT" "edgelink_backend_lookups_total{backend=\"$STORE\"}")
-  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rate\": $RATE}" > "$OUT/$MODE.meta.json"
+  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE, $OHA_LOW_RATE], \"edge_workers\": $EDGE_WORKERS}" > "$OUT/$MODE.meta.json"
   kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
 done
 
@@ -169,5 +177,5 @@ done
   echo "rustc: $(rustc --version)"
   echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
 } > "$OUT/machine.txt"
-python3 "$ROOT/bench/report.py" report "$OUT" "bench/run.sh $*" > "$RESULTS"
+python3 "$ROOT/bench/report.py" report "$OUT" "bench/run.sh${*:+ $*}" > "$RESULTS"
 log "wrote $RESULTS (raw: $OUT)"

@@ -418,7 +418,11 @@ async fn per_core_listeners_share_the_port_the_cache_and_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config();
     let stores = sqlite_stores(&dir, &mut config).await;
-    insert(stores.source.as_ref(), &[link("pc", "https://example.com/pc")]).await;
+    insert(
+        stores.source.as_ref(),
+        &[link("pc", "https://example.com/pc")],
+    )
+    .await;
     let edge = std::sync::Arc::new(TestEdge::start_with(config, stores, 3).await);
     let mut tasks = Vec::new();
     for _ in 0..64 {
