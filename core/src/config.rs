@@ -605,6 +605,26 @@ mod tests {
     }
 
     #[test]
+    fn threading_decides_how_many_public_listeners_to_bind() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                ("EDGELINK_SERVER_THREADING", "work-stealing"),
+                ("EDGELINK_SERVER_WORKERS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.threading, Threading::WorkStealing);
+        assert_eq!(cfg.server.public_listeners(), 1);
+        let cfg = Config::load(None, &env(&[("EDGELINK_SERVER_WORKERS", "3")])).unwrap();
+        assert_eq!(cfg.server.threading, Threading::PerCore, "the default");
+        assert_eq!(cfg.server.public_listeners(), 3);
+        assert!(Config::default().server.worker_count() >= 1);
+        let e = Config::load(None, &env(&[("EDGELINK_SERVER_THREADING", "fast")])).unwrap_err();
+        assert!(e.to_string().contains("per-core"), "{e}");
+    }
+
+    #[test]
     fn validation_reports_every_problem() {
         let mut cfg = Config::default();
         cfg.cache.max_entries = 0;
