@@ -292,8 +292,8 @@ impl Config {
         let s = &self.server;
         need(
             &mut problems,
-            s.max_connections > 0,
-            "server.max_connections must be > 0",
+            (1..=1_000_000).contains(&s.max_connections),
+            "server.max_connections must be 1..=1000000",
         );
         need(
             &mut problems,
@@ -629,6 +629,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.cache.max_entries = 0;
         cfg.server.max_header_bytes = 10;
+        cfg.server.max_connections = usize::MAX;
         cfg.postgres.url = Some("not a url".to_owned());
         cfg.redis.url = Some("nope://x".to_owned());
         let msg = cfg
@@ -636,6 +637,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         for needle in [
+            "max_connections",
             "cache.max_entries",
             "max_header_bytes",
             "postgres.url",
