@@ -8,6 +8,8 @@
 //! - [`resolve`]: redirect resolution through tier 0 (moka, pre-built
 //!   answers, single-flight, negative caching), tier 1 (Redis) and tier 2
 //!   (PostgreSQL or SQLite).
+//! - [`index`]: the read index of tier 0 (what hits are served from; moka
+//!   decides what it holds).
 //! - [`respond`]: the one place outcomes become HTTP responses.
 //! - [`metrics`]: metric names, bounded labels, handles registered once.
 //! - this file: [`run`], the routes of the public and admin listeners, and
@@ -16,6 +18,7 @@
 //! Public listener: `GET|HEAD /{code}`, `/healthz`, `/readyz`. Admin
 //! listener: `/metrics` (Prometheus text), `/healthz`.
 
+pub mod index;
 pub mod listener;
 pub mod metrics;
 pub mod resolve;
@@ -207,6 +210,7 @@ async fn background(app: Arc<App>, prometheus: PrometheusHandle, shutdown: Cance
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        app.resolver.sweep_index(n);
         let entries = app.resolver.cache_entries().await;
         app.metrics.cache_entries.set(entries as f64);
         n += 1;

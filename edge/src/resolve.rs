@@ -4,6 +4,9 @@
 //!
 //! Tier 0 holds the answer itself, pre-built ([`Answer`]): a hit clones one
 //! `Arc` and copies two `HeaderValue`s (reference counts, no allocation).
+//! moka owns tier 0 (capacity, eviction, TTL, single-flight); hits are read
+//! from its [`Index`](crate::index), which moka's eviction listener keeps in
+//! step, because a moka read costs a trip to memory per policy update.
 //! Misses for one code coalesce into a single backend lookup (moka's
 //! `try_get_with`); unknown codes are cached for a short negative TTL; a
 //! backend failure is not cached, so the next request tries again.
@@ -18,6 +21,7 @@ use http::{HeaderValue, StatusCode};
 use moka::future::Cache;
 use moka::Expiry;
 
+use crate::index::{self, Index};
 use crate::metrics::{EdgeMetrics, Tier, BACKEND_CACHE, BACKEND_STORE};
 
 /// What the edge answers for a code.
@@ -47,19 +51,15 @@ pub struct Entry {
 }
 
 /// Per-entry lifetimes: negative answers short, links no longer than they live.
+#[derive(Clone, Copy)]
 struct EntryExpiry {
     ttl: Duration,
     negative_ttl: Duration,
 }
 
-impl Expiry<String, Arc<Entry>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<Entry>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(match value.answer {
+impl EntryExpiry {
+    fn lifetime(&self, entry: &Entry) -> Duration {
+        match entry.answer {
             Answer::NotFound => self.negative_ttl,
             Answer::Redirect {
                 expires_at: Some(exp),
@@ -69,11 +69,24 @@ impl Expiry<String, Arc<Entry>> for EntryExpiry {
                 self.ttl.min(Duration::from_secs(left.max(1)))
             }
             _ => self.ttl,
-        })
+        }
+    }
+}
+
+impl Expiry<String, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.lifetime(value))
     }
 }
 
 pub struct Resolver {
+    index: Arc<Index>,
+    expiry: EntryExpiry,
     cache: Cache<String, Arc<Entry>>,
     tier1: Option<Arc<dyn LinkCache>>,
     tier2: Arc<dyn LinkStore>,
@@ -95,10 +108,17 @@ impl Resolver {
             negative_ttl: Duration::from_secs(cache.negative_ttl_secs),
         };
         let permanent = format!("public, max-age={}", redirect.permanent_max_age_secs);
+        let index = Arc::new(Index::new());
+        let evicted = index.clone();
         Resolver {
+            index,
+            expiry,
             cache: Cache::builder()
                 .max_capacity(cache.max_entries)
                 .expire_after(expiry)
+                .eviction_listener(move |code: Arc<String>, entry, _cause| {
+                    evicted.remove_if_same(&code, &entry)
+                })
                 .build(),
             tier1: stores.cache.clone(),
             tier2: stores.source.clone(),
@@ -110,8 +130,17 @@ impl Resolver {
     /// Resolves a valid code. `Err` means the backends could not answer and
     /// nothing was cached.
     pub async fn resolve(&self, code: &str) -> Result<(Arc<Entry>, Tier), Arc<StoreError>> {
+        if let Some(entry) = self.index.get(code) {
+            self.metrics.cache_hits.increment(1);
+            if index::sampled() {
+                // Keeps moka's eviction policy informed of what is hot.
+                let _ = self.cache.get(code).await;
+            }
+            return Ok((entry, Tier::Memory));
+        }
         if let Some(entry) = self.cache.get(code).await {
             self.metrics.cache_hits.increment(1);
+            self.index_entry(code, &entry);
             return Ok((entry, Tier::Memory));
         }
         self.metrics.cache_misses.increment(1);
@@ -119,8 +148,27 @@ impl Resolver {
             .cache
             .try_get_with_by_ref(code, self.load(code))
             .await?;
+        self.index_entry(code, &entry);
         let tier = entry.source;
         Ok((entry, tier))
+    }
+
+    fn index_entry(&self, code: &str, entry: &Arc<Entry>) {
+        let deadline = Instant::now() + self.expiry.lifetime(entry);
+        self.index.insert(code, entry.clone(), deadline);
+    }
+
+    /// Entries in the read index (for tests and diagnostics).
+    pub fn indexed(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Sweeps expired slots out of a few index shards; the edge calls it
+    /// once a second with a counter, so every shard is swept each minute.
+    pub fn sweep_index(&self, tick: u64) {
+        const PER_TICK: usize = 2;
+        let from = (tick as usize).wrapping_mul(PER_TICK) % Index::SHARDS;
+        self.index.sweep(from, PER_TICK);
     }
 
     /// Entries in tier 0 (after pending evictions are applied).
