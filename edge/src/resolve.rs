@@ -23,6 +23,7 @@ use moka::Expiry;
 
 use crate::index::{self, Index};
 use crate::metrics::{EdgeMetrics, Tier, BACKEND_CACHE, BACKEND_STORE};
+use crate::respond::NO_STORE;
 
 /// What the edge answers for a code.
 #[derive(Debug)]
@@ -93,8 +94,6 @@ pub struct Resolver {
     permanent_cache_control: HeaderValue,
     metrics: Arc<EdgeMetrics>,
 }
-
-const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 impl Resolver {
     pub fn new(

@@ -20,7 +20,8 @@ pub type Body = Full<Bytes>;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+/// `Cache-Control` of every answer that must not be cached downstream.
+pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// Why a request did not get a redirect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,9 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use edgelink_core::config::Config;
 use edgelink_core::shutdown::CancellationToken;
-use edgelink_core::store::postgres::PgStore;
-use edgelink_core::store::redis::RedisCache;
-use edgelink_core::store::sqlite::SqliteStore;
 use edgelink_core::{LinkCache, LinkStore, Stores};
 use edgelink_edge::{listener, Listeners};
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -44,22 +41,6 @@ pub async fn distributed_stores(db: &TestDb, config: &mut Config, with_redis: bo
     config.postgres.url = Some(db.url.clone());
     config.redis.url = with_redis.then(redis_url);
     Stores::open_distributed(config).await.unwrap()
-}
-
-pub async fn pg_store(db: &TestDb, config: &Config) -> Arc<PgStore> {
-    let mut c = config.postgres.clone();
-    c.url = Some(db.url.clone());
-    Arc::new(PgStore::connect(&c).await.unwrap())
-}
-
-pub async fn redis_cache(config: &Config) -> RedisCache {
-    let mut c = config.redis.clone();
-    c.url = Some(redis_url());
-    RedisCache::connect(&c).await.unwrap()
-}
-
-pub async fn sqlite_store(config: &Config) -> SqliteStore {
-    SqliteStore::open(&config.sqlite).await.unwrap()
 }
 
 /// An edge running in this process.
