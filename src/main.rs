@@ -161,16 +161,16 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// Loads the config (file, environment, then flags) and validates it.
+/// Loads the config (file, environment, then flags) and validates it for
+/// the storage mode the flags settle on.
 fn load(
     common: &Common,
-    mode: StorageMode,
-    flags: impl FnOnce(&mut Config),
-) -> Result<Config, ConfigError> {
+    flags: impl FnOnce(&mut Config) -> StorageMode,
+) -> Result<(Config, StorageMode), ConfigError> {
     let mut config = Config::load(common.config.as_deref(), &ProcessEnv)?;
-    flags(&mut config);
+    let mode = flags(&mut config);
     config.validate_for(mode)?;
-    Ok(config)
+    Ok((config, mode))
 }
 
 fn apply_listen(config: &mut Config, listen: &Listen) {
@@ -232,11 +232,12 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             listen,
             sqlite,
         } => {
-            let config = load(&common, StorageMode::Embedded, |c| {
+            let (config, _) = load(&common, |c| {
                 apply_listen(c, &listen);
                 if let Some(p) = &sqlite.sqlite {
                     c.sqlite.path = p.clone();
                 }
+                StorageMode::Embedded
             })?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
@@ -248,7 +249,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             listen,
             distributed,
         } => {
-            let config = load(&common, StorageMode::Distributed, |c| {
+            let (config, _) = load(&common, |c| {
                 apply_listen(c, &listen);
                 if let Some(u) = &distributed.postgres_url {
                     c.postgres.url = Some(u.clone());
@@ -256,6 +257,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                 if let Some(u) = &distributed.redis_url {
                     c.redis.url = Some(u.clone());
                 }
+                StorageMode::Distributed
             })?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
@@ -263,11 +265,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             serve_edge(config, StorageMode::Distributed)
         }
         Command::Migrate { common, store } => {
-            let mut mode = StorageMode::Embedded;
-            let config = load(&common, StorageMode::Embedded, |c| {
-                mode = apply_store(c, &store)
-            })?;
-            config.validate_for(mode)?;
+            let (config, mode) = load(&common, |c| apply_store(c, &store))?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
             }
@@ -283,11 +281,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             common,
             store,
         } => {
-            let mut mode = StorageMode::Embedded;
-            let config = load(&common, StorageMode::Embedded, |c| {
-                mode = apply_store(c, &store)
-            })?;
-            config.validate_for(mode)?;
+            let (config, mode) = load(&common, |c| apply_store(c, &store))?;
             if batch_size == 0 || batch_size > 100_000 {
                 return Err(ConfigError::Invalid("--batch-size must be 1..=100000".into()).into());
             }

@@ -196,14 +196,22 @@ fn distributed_edge_serves_links_imported_into_postgres() {
         assert!(out.status.success(), "migrate is idempotent: {out:?}");
     }
     let csv = write_csv(dir.path(), "pg.csv", "pg,https://example.com/pg,308\n");
+    // Only the chosen store's settings are checked: a bad SQLite setting
+    // does not stop an import into PostgreSQL, but it does stop `serve`.
+    let bad_sqlite = ("EDGELINK_SQLITE_READERS", "0");
     let out = run(edgelink()
         .arg("import")
         .arg(&csv)
-        .args(["--postgres-url", &db.url]));
+        .args(["--postgres-url", &db.url])
+        .env(bad_sqlite.0, bad_sqlite.1));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("into postgres"),
         "{out:?}"
     );
+    let out = run(edgelink()
+        .args(["serve", "--check"])
+        .env(bad_sqlite.0, bad_sqlite.1));
+    assert_eq!(out.status.code(), Some(64));
 
     let server = Server::start(
         edgelink()
