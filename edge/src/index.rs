@@ -1,104 +1,285 @@
-//! The read index of tier 0.
+//! The read index of tier 0: what a cache hit is served from.
 //!
 //! moka owns tier 0: capacity, TinyLFU admission and eviction, TTLs and the
 //! single-flight of misses. But every moka read is also recorded for its
 //! policy (a shared read log; LRU and frequency-sketch updates applied in
 //! housekeeping), and over a working set larger than the CPU caches each of
-//! those is a trip to memory: 1.47 us per hit over 100,000 codes against
-//! 157 ns for the same entries in a plain `HashMap`
-//! (`cargo bench -p edgelink-edge --bench tier0`).
+//! those is a trip to memory (`cargo bench -p edgelink-edge --bench tier0`).
 //!
-//! So hits are served from this index: the same `Arc<Entry>` values in a
-//! sharded `RwLock<HashMap>`, filled when moka returns an entry and emptied
-//! by moka's eviction listener, so moka still decides what stays. One hit in
-//! [`SAMPLE`] is also sent to moka so its policy keeps seeing what is hot.
-//! Each slot carries a deadline (the entry's lifetime, the same one moka
-//! gives it): an entry moka dropped between returning it and it being
-//! indexed cannot outlive its TTL here, and `sweep` clears such slots.
+//! So hits are served from this index, filled when moka returns an entry
+//! and emptied by moka's eviction listener, so moka still decides what
+//! stays. One hit in [`SAMPLE`] is also sent to moka so its policy keeps
+//! seeing what is hot. Each slot carries a deadline no later than the one
+//! moka gives the entry: an entry moka dropped between returning it and it
+//! being indexed cannot outlive its TTL here, and `sweep` clears such slots.
+//!
+//! # Layout: three cache lines per hit
+//!
+//! Over 100,000 codes nothing of a lookup is in the CPU caches, so its cost
+//! is the number of distinct cache lines it touches (`perf annotate` of the
+//! edge under wrk showed the earlier `HashMap<Box<str>, Arc<Entry>>` stalling
+//! on six: control bytes, bucket, key bytes, entry, the `Location` bytes'
+//! reference count and the bytes themselves). Here a hit touches:
+//!
+//! 1. the hash table's control bytes (the code is hashed once, and that hash
+//!    picks both the shard and the bucket);
+//! 2. the [`Slot`], one 64-byte line holding everything but the bytes;
+//! 3. the slot's [`block`]: one heap block with its reference count, the
+//!    code (compared in place) and the `Location` value right after it, so
+//!    cloning the header and copying it out stay on the same line or two.
+//!
+//! The shard locks sit on lines of their own and stay cached.
 
-use std::cell::Cell;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::Instant;
 
-use crate::resolve::Entry;
+use bytes::Bytes;
+use hashbrown::HashTable;
+use http::{HeaderValue, StatusCode};
+
+use crate::resolve::Answer;
+use crate::respond::NO_STORE;
 
 /// One hit in this many is also a moka read.
 pub const SAMPLE: u32 = 32;
 
 const SHARDS: usize = 64;
 
-struct Slot {
-    entry: Arc<Entry>,
-    deadline: Instant,
+/// `code` followed by `rest` in one heap block that also holds its own
+/// reference count (bytes' owner form), in size classes of 64, 128 and 256
+/// bytes; longer blocks fall back to a plain `Vec`.
+pub fn block(code: &[u8], rest: &[u8]) -> Bytes {
+    let len = code.len() + rest.len();
+    match len {
+        0..=55 => Inline::<55>::bytes(code, rest),
+        56..=119 => Inline::<119>::bytes(code, rest),
+        120..=247 => Inline::<247>::bytes(code, rest),
+        _ => Bytes::from([code, rest].concat()),
+    }
 }
 
-type Shard = RwLock<HashMap<Box<str>, Slot>>;
+/// A fixed-capacity owner for [`Bytes::from_owner`]; with bytes' 8-byte
+/// count in front, `Inline<55>` fills exactly one 64-byte allocation.
+struct Inline<const N: usize> {
+    buf: [u8; N],
+    len: u8,
+}
+
+impl<const N: usize> Inline<N> {
+    fn bytes(code: &[u8], rest: &[u8]) -> Bytes {
+        let mut inline = Inline {
+            buf: [0; N],
+            len: 0,
+        };
+        let len = code.len() + rest.len();
+        inline.buf[..code.len()].copy_from_slice(code);
+        inline.buf[code.len()..len].copy_from_slice(rest);
+        inline.len = u8::try_from(len).unwrap_or(u8::MAX);
+        Bytes::from_owner(inline)
+    }
+}
+
+impl<const N: usize> AsRef<[u8]> for Inline<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// What a slot answers, without the bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Redirect { status: u16, permanent: bool },
+    Gone,
+    NotFound,
+    Broken,
+}
+
+/// One indexed code: a single cache line.
+#[repr(align(64))]
+struct Slot {
+    /// The code, then (for a redirect) the `Location` value.
+    block: Bytes,
+    /// Unix seconds; `i64::MAX` when the link does not expire.
+    expires_at: i64,
+    /// Milliseconds since the index's epoch; the slot is dead from then on.
+    deadline_ms: u64,
+    kind: Kind,
+    code_len: u8,
+}
+
+impl Slot {
+    #[inline]
+    fn code(&self) -> &[u8] {
+        self.block.get(..usize::from(self.code_len)).unwrap_or(&[])
+    }
+
+    #[inline]
+    fn answer(&self, permanent_cache_control: &HeaderValue) -> Option<Answer> {
+        Some(match self.kind {
+            Kind::Redirect { status, permanent } => Answer::Redirect {
+                status: StatusCode::from_u16(status).ok()?,
+                // A clone of the block (one reference count on the line
+                // just read) and a validity scan of the value, no copy.
+                location: HeaderValue::from_maybe_shared(
+                    self.block.slice(usize::from(self.code_len)..),
+                )
+                .ok()?,
+                cache_control: if permanent {
+                    permanent_cache_control.clone()
+                } else {
+                    NO_STORE
+                },
+                expires_at: (self.expires_at != i64::MAX).then_some(self.expires_at),
+            },
+            Kind::Gone => Answer::Gone,
+            Kind::NotFound => Answer::NotFound,
+            Kind::Broken => Answer::Broken,
+        })
+    }
+}
+
+/// A shard lock on a line of its own, so neighbours do not share misses.
+#[repr(align(128))]
+struct Shard(RwLock<HashTable<Slot>>);
 
 pub struct Index {
     shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
-}
-
-thread_local! {
-    static HITS: Cell<u32> = const { Cell::new(0) };
+    epoch: Instant,
 }
 
 impl Index {
     pub fn new() -> Index {
         Index {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Shard(RwLock::new(HashTable::new())))
+                .collect(),
+            // SipHash with a per-process key: codes come from clients, and a
+            // keyed hash keeps them from aiming at one bucket.
             hasher: std::collections::hash_map::RandomState::new(),
+            epoch: Instant::now(),
         }
     }
 
+    /// The hash of `code`; computed once per request and passed to
+    /// [`get`](Self::get) and [`insert`](Self::insert).
     #[inline]
-    fn shard(&self, code: &str) -> &Shard {
-        &self.shards[self.hasher.hash_one(code) as usize % SHARDS]
+    pub fn hash(&self, code: &str) -> u64 {
+        self.hasher.hash_one(code)
     }
 
-    /// The entry for `code` if indexed and within its lifetime.
+    /// Bits 32..38 pick the shard; hashbrown uses the low bits for the
+    /// bucket and the top seven for its tag, so the three stay independent.
     #[inline]
-    pub fn get(&self, code: &str) -> Option<Arc<Entry>> {
-        let shard = self.shard(code).read().unwrap_or_else(|p| p.into_inner());
-        let slot = shard.get(code)?;
-        (Instant::now() < slot.deadline).then(|| slot.entry.clone())
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<Slot>> {
+        &self.shards[(hash >> 32) as usize % SHARDS].0
     }
 
-    pub fn insert(&self, code: &str, entry: Arc<Entry>, deadline: Instant) {
-        let mut shard = self.shard(code).write().unwrap_or_else(|p| p.into_inner());
-        shard.insert(code.into(), Slot { entry, deadline });
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Removes `code` if it still maps to `entry` (moka's eviction listener:
-    /// a newer entry for the same code stays).
-    pub fn remove_if_same(&self, code: &str, entry: &Arc<Entry>) {
-        let mut shard = self.shard(code).write().unwrap_or_else(|p| p.into_inner());
-        if shard
-            .get(code)
-            .is_some_and(|s| Arc::ptr_eq(&s.entry, entry))
-        {
-            shard.remove(code);
+    /// The answer for `code` if indexed and within its lifetime.
+    #[inline]
+    pub fn get(
+        &self,
+        code: &str,
+        hash: u64,
+        permanent_cache_control: &HeaderValue,
+    ) -> Option<Answer> {
+        let now = self.now_ms();
+        let shard = self.shard(hash).read().unwrap_or_else(|p| p.into_inner());
+        let slot = shard.find(hash, |s| s.code() == code.as_bytes())?;
+        if now >= slot.deadline_ms {
+            return None;
+        }
+        slot.answer(permanent_cache_control)
+    }
+
+    /// Indexes `answer` for `code` until `deadline`. `block` must start with
+    /// the code and, for a redirect, hold the `Location` value right after
+    /// it (what [`block`] builds and `Answer::Redirect::location` slices).
+    pub fn insert(&self, code: &str, hash: u64, block: &Bytes, answer: &Answer, deadline: Instant) {
+        let Ok(code_len) = u8::try_from(code.len()) else {
+            return;
+        };
+        if !block.starts_with(code.as_bytes()) {
+            debug_assert!(false, "a block must start with its code");
+            return;
+        }
+        let kind = match answer {
+            Answer::Redirect {
+                status,
+                cache_control,
+                ..
+            } => Kind::Redirect {
+                status: status.as_u16(),
+                permanent: cache_control != NO_STORE,
+            },
+            Answer::Gone => Kind::Gone,
+            Answer::NotFound => Kind::NotFound,
+            Answer::Broken => Kind::Broken,
+        };
+        let expires_at = match answer {
+            Answer::Redirect {
+                expires_at: Some(e),
+                ..
+            } => *e,
+            _ => i64::MAX,
+        };
+        let deadline_ms = u64::try_from(deadline.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX);
+        let slot = Slot {
+            block: block.clone(),
+            expires_at,
+            deadline_ms,
+            kind,
+            code_len,
+        };
+        let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
+        let hasher = |s: &Slot| {
+            self.hasher
+                .hash_one(std::str::from_utf8(s.code()).unwrap_or(""))
+        };
+        match shard.entry(hash, |s| s.code() == code.as_bytes(), hasher) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = slot,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
+        }
+    }
+
+    /// Removes `code` if its slot still holds `block` (moka's eviction
+    /// listener: a newer entry for the same code stays).
+    pub fn remove_if_same(&self, code: &str, block: &Bytes) {
+        let hash = self.hash(code);
+        let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
+        if let Ok(o) = shard.find_entry(hash, |s| s.code() == code.as_bytes()) {
+            if o.get().block.as_ptr() == block.as_ptr() {
+                o.remove();
+            }
         }
     }
 
     /// Drops slots past their deadline in `count` shards, starting at
     /// `from` (the edge sweeps a few shards a second, all in a minute).
     pub fn sweep(&self, from: usize, count: usize) {
-        let now = Instant::now();
+        let now = self.now_ms();
         for i in 0..count.min(SHARDS) {
             let mut shard = self.shards[(from + i) % SHARDS]
+                .0
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            shard.retain(|_, slot| slot.deadline > now);
+            shard.retain(|slot| slot.deadline_ms > now);
         }
     }
 
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len())
+            .map(|s| s.0.read().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
     }
 
@@ -115,6 +296,10 @@ impl Default for Index {
     }
 }
 
+thread_local! {
+    static HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// True once every [`SAMPLE`] calls on this thread.
 #[inline]
 pub fn sampled() -> bool {
@@ -128,47 +313,132 @@ pub fn sampled() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Tier;
-    use crate::resolve::Answer;
     use std::time::Duration;
 
-    fn entry() -> Arc<Entry> {
-        Arc::new(Entry {
-            answer: Answer::NotFound,
-            source: Tier::Store,
-        })
+    fn permanent() -> HeaderValue {
+        HeaderValue::from_static("public, max-age=60")
+    }
+
+    fn redirect(code: &str, target: &str) -> (Bytes, Answer) {
+        let block = block(code.as_bytes(), target.as_bytes());
+        let location = HeaderValue::from_maybe_shared(block.slice(code.len()..)).unwrap();
+        let answer = Answer::Redirect {
+            status: StatusCode::FOUND,
+            location,
+            cache_control: NO_STORE,
+            expires_at: None,
+        };
+        (block, answer)
+    }
+
+    fn insert(index: &Index, code: &str, block: &Bytes, answer: &Answer, ttl: Duration) {
+        index.insert(code, index.hash(code), block, answer, Instant::now() + ttl);
+    }
+
+    fn get(index: &Index, code: &str) -> Option<Answer> {
+        index.get(code, index.hash(code), &permanent())
+    }
+
+    #[test]
+    fn blocks_hold_the_code_then_the_value_in_every_size_class() {
+        for len in [0, 1, 40, 48, 49, 112, 113, 240, 241, 2_000] {
+            let target = "x".repeat(len);
+            let b = block(b"code123", target.as_bytes());
+            assert_eq!(&b[..7], b"code123");
+            assert_eq!(&b[7..], target.as_bytes());
+        }
     }
 
     #[test]
     fn serves_until_the_deadline() {
         let index = Index::new();
-        let e = entry();
-        index.insert("a", e.clone(), Instant::now() + Duration::from_secs(60));
-        assert!(Arc::ptr_eq(&index.get("a").unwrap(), &e));
-        assert!(index.get("b").is_none());
-        index.insert("old", entry(), Instant::now() - Duration::from_millis(1));
-        assert!(index.get("old").is_none(), "past its deadline");
+        let (b, a) = redirect("a", "https://example.com/a");
+        insert(&index, "a", &b, &a, Duration::from_secs(60));
+        match get(&index, "a").unwrap() {
+            Answer::Redirect {
+                location, status, ..
+            } => {
+                assert_eq!(location, "https://example.com/a");
+                assert_eq!(status, StatusCode::FOUND);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(get(&index, "b").is_none());
+        let old = block(b"old", b"");
+        index.insert(
+            "old",
+            index.hash("old"),
+            &old,
+            &Answer::NotFound,
+            Instant::now() - Duration::from_millis(1),
+        );
+        assert!(get(&index, "old").is_none(), "past its deadline");
         assert_eq!(index.len(), 2);
         index.sweep(0, Index::SHARDS);
         assert_eq!(index.len(), 1, "the sweep drops expired slots");
     }
 
     #[test]
+    fn codes_sharing_a_prefix_with_the_value_do_not_match() {
+        // The code is compared on its own bytes, not on the block's start.
+        let index = Index::new();
+        let (b, a) = redirect("ab", "cd");
+        insert(&index, "ab", &b, &a, Duration::from_secs(60));
+        assert!(get(&index, "abc").is_none());
+        assert!(get(&index, "a").is_none());
+        assert!(get(&index, "ab").is_some());
+    }
+
+    #[test]
     fn eviction_removes_only_the_entry_it_names() {
         let index = Index::new();
-        let later = Instant::now() + Duration::from_secs(60);
-        let old = entry();
-        let new = entry();
-        index.insert("a", old.clone(), later);
-        index.insert("a", new.clone(), later);
+        let ttl = Duration::from_secs(60);
+        let (old, a1) = redirect("a", "https://example.com/old");
+        let (new, a2) = redirect("a", "https://example.com/new");
+        insert(&index, "a", &old, &a1, ttl);
+        insert(&index, "a", &new, &a2, ttl);
         index.remove_if_same("a", &old);
         assert!(
-            Arc::ptr_eq(&index.get("a").unwrap(), &new),
+            matches!(get(&index, "a"), Some(Answer::Redirect { location, .. }) if location == "https://example.com/new"),
             "a newer entry stays"
         );
         index.remove_if_same("a", &new);
-        assert!(index.get("a").is_none());
+        assert!(get(&index, "a").is_none());
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn keeps_status_cache_control_and_expiry() {
+        let index = Index::new();
+        let b = block(b"p", b"https://example.com/p");
+        let a = Answer::Redirect {
+            status: StatusCode::MOVED_PERMANENTLY,
+            location: HeaderValue::from_maybe_shared(b.slice(1..)).unwrap(),
+            cache_control: permanent(),
+            expires_at: Some(4_000_000_000),
+        };
+        insert(&index, "p", &b, &a, Duration::from_secs(60));
+        match get(&index, "p").unwrap() {
+            Answer::Redirect {
+                status,
+                cache_control,
+                expires_at,
+                ..
+            } => {
+                assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+                assert_eq!(cache_control, permanent());
+                assert_eq!(expires_at, Some(4_000_000_000));
+            }
+            other => panic!("{other:?}"),
+        }
+        let g = block(b"g", b"");
+        insert(&index, "g", &g, &Answer::Gone, Duration::from_secs(60));
+        assert!(matches!(get(&index, "g"), Some(Answer::Gone)));
+    }
+
+    #[test]
+    fn a_slot_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
     }
 
     #[test]

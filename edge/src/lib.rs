@@ -263,18 +263,18 @@ impl App {
     #[inline]
     async fn redirect(&self, code: &str) -> (Response<Body>, Tier) {
         match self.resolver.resolve(code).await {
-            Ok((entry, tier)) => {
-                let resp = match &entry.answer {
+            Ok((answer, tier)) => {
+                let resp = match answer {
                     Answer::Redirect {
                         expires_at: Some(exp),
                         ..
-                    } if *exp <= edgelink_core::link::now_unix() => failure(Failure::Gone),
+                    } if exp <= edgelink_core::link::now_unix() => failure(Failure::Gone),
                     Answer::Redirect {
                         status,
                         location,
                         cache_control,
                         ..
-                    } => respond::redirect(*status, location, cache_control),
+                    } => respond::redirect(status, location, cache_control),
                     Answer::Gone => failure(Failure::Gone),
                     Answer::NotFound => failure(Failure::NotFound),
                     Answer::Broken => failure(Failure::Internal),

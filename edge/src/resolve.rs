@@ -2,17 +2,19 @@
 //! then the shared cache (tier 1, Redis), then the source of truth (tier 2,
 //! PostgreSQL or SQLite).
 //!
-//! Tier 0 holds the answer itself, pre-built ([`Answer`]): a hit clones one
-//! `Arc` and copies two `HeaderValue`s (reference counts, no allocation).
-//! moka owns tier 0 (capacity, eviction, TTL, single-flight); hits are read
-//! from its [`Index`](crate::index), which moka's eviction listener keeps in
-//! step, because a moka read costs a trip to memory per policy update.
+//! Tier 0 holds the answer itself, pre-built ([`Answer`]): a hit copies two
+//! `HeaderValue`s (reference counts, no allocation). moka owns tier 0
+//! (capacity, eviction, TTL, single-flight); hits are read from its
+//! [`Index`](crate::index), which moka's eviction listener keeps in step,
+//! because a moka read costs a trip to memory per policy update.
 //! Misses for one code coalesce into a single backend lookup (moka's
 //! `try_get_with`); unknown codes are cached for a short negative TTL; a
 //! backend failure is not cached, so the next request tries again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use edgelink_core::config::{CacheConfig, RedirectConfig};
 use edgelink_core::link::now_unix;
@@ -25,8 +27,8 @@ use crate::index::{self, Index};
 use crate::metrics::{EdgeMetrics, Tier, BACKEND_CACHE, BACKEND_STORE};
 use crate::respond::NO_STORE;
 
-/// What the edge answers for a code.
-#[derive(Debug)]
+/// What the edge answers for a code. Cloning it copies reference counts.
+#[derive(Debug, Clone)]
 pub enum Answer {
     Redirect {
         status: StatusCode,
@@ -49,6 +51,10 @@ pub enum Answer {
 pub struct Entry {
     pub answer: Answer,
     pub source: Tier,
+    /// The code, then the `Location` value of a redirect, in one block
+    /// ([`index::block`]); `location` is a slice of it, and the index
+    /// serves hits from it.
+    pub block: Bytes,
 }
 
 /// Per-entry lifetimes: negative answers short, links no longer than they live.
@@ -115,8 +121,8 @@ impl Resolver {
             cache: Cache::builder()
                 .max_capacity(cache.max_entries)
                 .expire_after(expiry)
-                .eviction_listener(move |code: Arc<String>, entry, _cause| {
-                    evicted.remove_if_same(&code, &entry)
+                .eviction_listener(move |code: Arc<String>, entry: Arc<Entry>, _cause| {
+                    evicted.remove_if_same(&code, &entry.block)
                 })
                 .build(),
             tier1: stores.cache.clone(),
@@ -126,35 +132,36 @@ impl Resolver {
         }
     }
 
-    /// Resolves a valid code. `Err` means the backends could not answer and
-    /// nothing was cached.
-    pub async fn resolve(&self, code: &str) -> Result<(Arc<Entry>, Tier), Arc<StoreError>> {
-        if let Some(entry) = self.index.get(code) {
+    /// Resolves a valid code: the answer and the tier it came from. `Err`
+    /// means the backends could not answer and nothing was cached.
+    pub async fn resolve(&self, code: &str) -> Result<(Answer, Tier), Arc<StoreError>> {
+        let hash = self.index.hash(code);
+        if let Some(answer) = self.index.get(code, hash, &self.permanent_cache_control) {
             self.metrics.cache_hits.increment(1);
             if index::sampled() {
                 // Keeps moka's eviction policy informed of what is hot.
                 let _ = self.cache.get(code).await;
             }
-            return Ok((entry, Tier::Memory));
+            return Ok((answer, Tier::Memory));
         }
         if let Some(entry) = self.cache.get(code).await {
             self.metrics.cache_hits.increment(1);
-            self.index_entry(code, &entry);
-            return Ok((entry, Tier::Memory));
+            self.index_entry(code, hash, &entry);
+            return Ok((entry.answer.clone(), Tier::Memory));
         }
         self.metrics.cache_misses.increment(1);
         let entry = self
             .cache
             .try_get_with_by_ref(code, self.load(code))
             .await?;
-        self.index_entry(code, &entry);
-        let tier = entry.source;
-        Ok((entry, tier))
+        self.index_entry(code, hash, &entry);
+        Ok((entry.answer.clone(), entry.source))
     }
 
-    fn index_entry(&self, code: &str, entry: &Arc<Entry>) {
+    fn index_entry(&self, code: &str, hash: u64, entry: &Entry) {
         let deadline = Instant::now() + self.expiry.lifetime(entry);
-        self.index.insert(code, entry.clone(), deadline);
+        self.index
+            .insert(code, hash, &entry.block, &entry.answer, deadline);
     }
 
     /// Entries in the read index (for tests and diagnostics).
@@ -231,6 +238,7 @@ impl Resolver {
             Ok(None) => Ok(Arc::new(Entry {
                 answer: Answer::NotFound,
                 source: Tier::Store,
+                block: index::block(code.as_bytes(), b""),
             })),
             Err(e) => {
                 self.metrics.backend_error(BACKEND_STORE, e.kind());
@@ -240,9 +248,13 @@ impl Resolver {
     }
 
     fn entry(&self, link: &Link, source: Tier) -> Arc<Entry> {
-        let answer = match link.state_at(now_unix()) {
-            LinkState::Expired | LinkState::Disabled => Answer::Gone,
-            LinkState::Live => match HeaderValue::from_str(&link.target) {
+        let code = link.code.as_bytes();
+        let live = matches!(link.state_at(now_unix()), LinkState::Live);
+        let block = index::block(code, if live { link.target.as_bytes() } else { b"" });
+        let answer = if !live {
+            Answer::Gone
+        } else {
+            match HeaderValue::from_maybe_shared(block.slice(code.len()..)) {
                 Ok(location) => Answer::Redirect {
                     status: StatusCode::from_u16(link.redirect.code()).unwrap_or(StatusCode::FOUND),
                     location,
@@ -259,8 +271,12 @@ impl Resolver {
                     tracing::error!(code = %link.code, "stored target is not a valid Location header");
                     Answer::Broken
                 }
-            },
+            }
         };
-        Arc::new(Entry { answer, source })
+        Arc::new(Entry {
+            answer,
+            source,
+            block,
+        })
     }
 }

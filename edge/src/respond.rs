@@ -92,14 +92,14 @@ pub fn failure(f: Failure) -> Response<Body> {
 #[inline]
 pub fn redirect(
     status: StatusCode,
-    location: &HeaderValue,
-    cache_control: &HeaderValue,
+    location: HeaderValue,
+    cache_control: HeaderValue,
 ) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(LOCATION, location.clone());
-    h.insert(CACHE_CONTROL, cache_control.clone());
+    h.insert(LOCATION, location);
+    h.insert(CACHE_CONTROL, cache_control);
     resp
 }
 
