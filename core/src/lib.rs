@@ -14,6 +14,8 @@
 //!   (shared cache tier, value encoding in [`store::codec`]).
 //! - [`migrate`]: versioned schema migrations for both SQL backends.
 //! - [`import`]: CSV import in batches.
+//! - [`net`]: what every role serves HTTP with: socket2 listeners and the
+//!   hyper accept loop (connection cap, timeouts, graceful drain).
 //! - [`shutdown`], [`telemetry`]: process plumbing.
 //! - `testing` (hidden): fresh-database and Redis-prefix helpers for the
 //!   workspace's tests against the real services.
@@ -24,6 +26,7 @@ pub mod error;
 pub mod import;
 pub mod link;
 pub mod migrate;
+pub mod net;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //!
-//! - [`listener`]: socket2-built listeners (`SO_REUSEPORT`, `TCP_NODELAY`, backlog).
-//! - [`server`]: the accept loop: connection cap, hyper HTTP/1.1 + h2c with
-//!   header-read timeout and header-size limit, graceful drain.
+//! - [`listener`], [`server`] (re-exported from `edgelink_core::net`, which
+//!   every role shares): socket2-built listeners (`SO_REUSEPORT`,
+//!   `TCP_NODELAY`, backlog) and the accept loop (connection cap, hyper
+//!   HTTP/1.1 + h2c with header-read timeout and header-size limit, graceful
+//!   drain).
 //! - [`resolve`]: redirect resolution through tier 0 (moka, pre-built
 //!   answers, single-flight, negative caching), tier 1 (Redis) and tier 2
 //!   (PostgreSQL or SQLite).
@@ -19,11 +21,12 @@
 //! listener: `/metrics` (Prometheus text), `/healthz`.
 
 pub mod index;
-pub mod listener;
 pub mod metrics;
 pub mod resolve;
 pub mod respond;
-pub mod server;
+
+/// The listeners and accept loop every role shares (from edgelink-core).
+pub use edgelink_core::net::{listener, server};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

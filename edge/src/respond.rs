@@ -16,7 +16,7 @@ use http_body_util::Full;
 use edgelink_core::link::now_unix;
 
 /// The body type of every response the edge makes.
-pub type Body = Full<Bytes>;
+pub use edgelink_core::net::Body;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");

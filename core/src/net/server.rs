@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgelink_core::config::ServerConfig;
+use crate::config::ServerConfig;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::respond::Body;
+use super::Body;
 
 /// hyper's connection builder with EdgeLink's limits.
 pub fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
