@@ -20,7 +20,9 @@ use crate::link::RedirectStatus;
 pub const ENV_PREFIX: &str = "EDGELINK_";
 
 /// Sections an environment variable may address.
-const SECTIONS: [&str; 6] = ["server", "cache", "redirect", "sqlite", "postgres", "redis"];
+const SECTIONS: [&str; 8] = [
+    "server", "cache", "redirect", "sqlite", "postgres", "redis", "keypool", "admin",
+];
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -31,6 +33,8 @@ pub struct Config {
     pub sqlite: SqliteConfig,
     pub postgres: PostgresConfig,
     pub redis: RedisConfig,
+    pub keypool: KeypoolConfig,
+    pub admin: AdminConfig,
 }
 
 /// Listeners and connection limits.
@@ -152,6 +156,43 @@ pub struct RedisConfig {
     pub key_prefix: String,
 }
 
+/// The key pool: key shape, watermarks, batch sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeypoolConfig {
+    /// Characters per generated key (base62), 4..=10.
+    pub key_length: u8,
+    /// The refill worker tops the pool up when fewer keys than this are free...
+    pub low_watermark: u64,
+    /// ...to this many.
+    pub high_watermark: u64,
+    /// Keys generated per transaction.
+    pub batch_size: u64,
+    /// How often the refill worker checks the free count.
+    pub check_interval_ms: u64,
+    /// The most keys one manual refill (`POST /admin/keypool/refill`) may ask for.
+    pub max_refill: u64,
+    /// Keys an origin leases at once into its in-memory buffer.
+    pub lease_batch: u32,
+}
+
+/// The admin endpoints (`/admin/...` on the admin listener).
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token the admin endpoints require (`EDGELINK_ADMIN_TOKEN`);
+    /// without one they are off (404).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 // === impl defaults ===
 
 impl Default for ServerConfig {
@@ -207,6 +248,20 @@ impl Default for PostgresConfig {
             pool_size: 16,
             timeout_ms: 500,
             connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for KeypoolConfig {
+    fn default() -> Self {
+        KeypoolConfig {
+            key_length: 7,
+            low_watermark: 100_000,
+            high_watermark: 300_000,
+            batch_size: 100_000,
+            check_interval_ms: 1_000,
+            max_refill: 10_000_000,
+            lease_batch: 1_000,
         }
     }
 }
@@ -347,6 +402,44 @@ impl Config {
             self.redirect.permanent_max_age_secs <= 31_536_000,
             "redirect.permanent_max_age_secs must be <= 31536000 (one year)",
         );
+        let k = &self.keypool;
+        need(
+            &mut problems,
+            (4..=10).contains(&k.key_length),
+            "keypool.key_length must be 4..=10",
+        );
+        need(
+            &mut problems,
+            k.low_watermark < k.high_watermark,
+            "keypool.low_watermark must be below keypool.high_watermark",
+        );
+        need(
+            &mut problems,
+            (1_000..=1_000_000).contains(&k.batch_size),
+            "keypool.batch_size must be 1000..=1000000",
+        );
+        need(
+            &mut problems,
+            (10..=3_600_000).contains(&k.check_interval_ms),
+            "keypool.check_interval_ms must be 10..=3600000",
+        );
+        need(
+            &mut problems,
+            k.max_refill > 0 && k.high_watermark <= 1_000_000_000,
+            "keypool.max_refill must be > 0 and keypool.high_watermark <= 1000000000",
+        );
+        need(
+            &mut problems,
+            (1..=100_000).contains(&k.lease_batch),
+            "keypool.lease_batch must be 1..=100000",
+        );
+        if let Some(token) = &self.admin.token {
+            need(
+                &mut problems,
+                token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),
+                "admin.token must be at least 16 visible ASCII characters",
+            );
+        }
         match mode {
             StorageMode::Embedded => {
                 let q = &self.sqlite;
@@ -525,6 +618,7 @@ fn apply_env(table: &mut toml::Table, env: &dyn Env) -> Result<(), ConfigError> 
 fn optional_keys(section: &str) -> &'static [&'static str] {
     match section {
         "postgres" | "redis" => &["url"],
+        "admin" => &["token"],
         _ => &[],
     }
 }
@@ -573,10 +667,18 @@ mod tests {
                 ("EDGELINK_CACHE_TTL_SECS", "90"),
                 ("EDGELINK_POSTGRES_URL", "postgres://u@127.0.0.1/db"),
                 ("EDGELINK_SERVER_LISTEN", "127.0.0.1:1234"),
-                ("EDGELINK_ADMIN_TOKEN", "not ours yet, ignored"),
+                ("EDGELINK_ADMIN_TOKEN", "s3cret-token-0123456789"),
+                ("EDGELINK_KEYPOOL_KEY_LENGTH", "8"),
+                ("EDGELINK_TRACE_LEVEL", "not ours, ignored"),
             ]),
         )
         .unwrap();
+        assert_eq!(cfg.admin.token.as_deref(), Some("s3cret-token-0123456789"));
+        assert!(
+            !format!("{cfg:?}").contains("s3cret"),
+            "the token never shows in Debug output"
+        );
+        assert_eq!(cfg.keypool.key_length, 8);
         assert_eq!(cfg.cache.ttl_secs, 90);
         assert_eq!(cfg.redis.key_prefix, "file:");
         assert_eq!(
@@ -632,6 +734,8 @@ mod tests {
         cfg.server.max_connections = usize::MAX;
         cfg.postgres.url = Some("not a url".to_owned());
         cfg.redis.url = Some("nope://x".to_owned());
+        cfg.keypool.low_watermark = cfg.keypool.high_watermark;
+        cfg.admin.token = Some("short".to_owned());
         let msg = cfg
             .validate_for(StorageMode::Distributed)
             .unwrap_err()
@@ -642,6 +746,8 @@ mod tests {
             "max_header_bytes",
             "postgres.url",
             "redis.url",
+            "keypool.low_watermark",
+            "admin.token",
         ] {
             assert!(msg.contains(needle), "{needle} missing from {msg}");
         }

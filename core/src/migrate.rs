@@ -14,17 +14,31 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "links",
-    sql: include_str!("../migrations/postgres/0001_links.sql"),
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "links",
+        sql: include_str!("../migrations/postgres/0001_links.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "keypool",
+        sql: include_str!("../migrations/postgres/0002_keypool.sql"),
+    },
+];
 
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "links",
-    sql: include_str!("../migrations/sqlite/0001_links.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "links",
+        sql: include_str!("../migrations/sqlite/0001_links.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "keypool",
+        sql: include_str!("../migrations/sqlite/0002_keypool.sql"),
+    },
+];
 
 /// Newest version this binary knows for a list.
 pub fn latest(list: &[Migration]) -> i32 {
@@ -66,7 +80,8 @@ mod tests {
     #[test]
     fn pending_skips_applied_and_refuses_newer_schemas() {
         assert_eq!(pending(POSTGRES, &[]).unwrap().len(), POSTGRES.len());
-        assert!(pending(POSTGRES, &[1]).unwrap().is_empty());
+        assert_eq!(pending(POSTGRES, &[1]).unwrap()[0].version, 2);
+        assert!(pending(POSTGRES, &[1, 2]).unwrap().is_empty());
         assert!(pending(POSTGRES, &[1, 99]).is_err());
     }
 }

@@ -126,7 +126,11 @@ async fn migrations_are_idempotent_even_when_run_at_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    let all: Vec<i32> = edgelink_core::migrate::POSTGRES
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(versions, all, "each applied exactly once");
 }
 
 #[tokio::test]

@@ -372,6 +372,7 @@ async fn source_of_truth_down_means_503_with_retry_after_and_no_caching() {
     let stores = edgelink_core::Stores {
         source: std::sync::Arc::new(pg),
         cache: None,
+        embedded: None,
     };
     let edge = TestEdge::start(config, stores).await;
     for _ in 0..2 {

@@ -65,7 +65,7 @@ pub trait LinkCache: Send + Sync + 'static {
 /// starts, and serves from other tiers, while a backend is down), are not
 /// tested on checkout (a round trip per request; broken ones are dropped by
 /// the manager's `has_broken`), and opening one is bounded in time.
-pub(crate) fn pool_builder<M: bb8::ManageConnection>(
+pub fn pool_builder<M: bb8::ManageConnection>(
     size: u32,
     connect_timeout_ms: u64,
 ) -> bb8::Builder<M> {
@@ -81,6 +81,9 @@ pub(crate) fn pool_builder<M: bb8::ManageConnection>(
 pub struct Stores {
     pub source: Arc<dyn LinkStore>,
     pub cache: Option<Arc<dyn LinkCache>>,
+    /// The SQLite store behind `source` in embedded mode, for the parts
+    /// that share its one writer (the key pool).
+    pub embedded: Option<sqlite::SqliteStore>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -97,8 +100,9 @@ impl Stores {
     pub async fn open_embedded(config: &Config) -> Result<Stores, StoreError> {
         let sqlite = sqlite::SqliteStore::open(&config.sqlite).await?;
         Ok(Stores {
-            source: Arc::new(sqlite),
+            source: Arc::new(sqlite.clone()),
             cache: None,
+            embedded: Some(sqlite),
         })
     }
 
@@ -114,6 +118,7 @@ impl Stores {
         Ok(Stores {
             source: Arc::new(pg),
             cache,
+            embedded: None,
         })
     }
 }

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+/// The rusqlite this store is built on, for crates that share its connections.
+pub use rusqlite;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::config::SqliteConfig;
@@ -64,8 +66,43 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run_within(self.timeout, f).await
+    }
+
+    /// Runs `f` on the writer connection (one writer at a time, as SQLite
+    /// requires) within `budget`: for other crates' tables in the same file,
+    /// such as the key pool's. A call that times out still finishes in the
+    /// background (SQLite calls cannot be cancelled), holding the writer.
+    pub async fn with_writer<T, F>(&self, budget: Duration, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run_within(budget, move |inner| f(&mut lock(&inner.writer)))
+            .await
+    }
+
+    /// Runs `f` on a read-only connection within the store's query budget.
+    pub async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(move |inner| f(&inner.reader())).await
+    }
+
+    /// The budget of one query (`sqlite.timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn run_within<T, F>(&self, budget: Duration, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
         let inner = self.inner.clone();
-        with_timeout(NAME, self.timeout, async move {
+        with_timeout(NAME, budget, async move {
             tokio::task::spawn_blocking(move || f(&inner))
                 .await
                 .map_err(|e| StoreError::unavailable(NAME, e))?
