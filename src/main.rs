@@ -53,6 +53,17 @@ enum Command {
         #[command(flatten)]
         distributed: Distributed,
     },
+    /// The key pool's refill worker and admin endpoints, on PostgreSQL.
+    Keypool {
+        #[command(flatten)]
+        common: Common,
+        /// Admin listener for /admin/keypool and /metrics [default: 127.0.0.1:9090].
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
+        /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/db.
+        #[arg(long, value_name = "URL")]
+        postgres_url: Option<String>,
+    },
     /// Apply schema migrations to the configured store and exit.
     Migrate {
         #[command(flatten)]
@@ -264,6 +275,25 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             }
             serve_edge(config, StorageMode::Distributed)
         }
+        Command::Keypool {
+            common,
+            admin_listen,
+            postgres_url,
+        } => {
+            let (config, _) = load(&common, |c| {
+                if let Some(a) = admin_listen {
+                    c.server.admin_listen = a;
+                }
+                if let Some(u) = &postgres_url {
+                    c.postgres.url = Some(u.clone());
+                }
+                StorageMode::Distributed
+            })?;
+            if let Some(code) = checked(common.check) {
+                return Ok(code);
+            }
+            serve_keypool(config)
+        }
         Command::Migrate { common, store } => {
             let (config, mode) = load(&common, |c| apply_store(c, &store))?;
             if let Some(code) = checked(common.check) {
@@ -317,6 +347,32 @@ fn serve_edge(config: Config, mode: StorageMode) -> Result<ExitCode, Failure> {
         edgelink_edge::run(listeners, Arc::new(config), stores, shutdown)
             .await
             .map_err(anyhow::Error::from)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn serve_keypool(config: Config) -> Result<ExitCode, Failure> {
+    runtime(2)?.block_on(async move {
+        let storage = |e| anyhow::anyhow!("cannot open storage: {e}");
+        PgStore::connect(&config.postgres)
+            .await
+            .map_err(storage)?
+            .migrate()
+            .await
+            .map_err(storage)?;
+        let store = Arc::new(
+            edgelink_keypool::postgres::PgPool::connect(&config.postgres).map_err(storage)?,
+        );
+        let admin = edgelink_core::net::listener::bind(
+            config.server.admin_listen,
+            config.server.backlog,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.admin_listen))?;
+        let shutdown = CancellationToken::new();
+        cancel_on_signal(shutdown.clone());
+        edgelink_keypool::run(admin, Arc::new(config), store, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!("key pool: {e}"))?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -230,3 +230,111 @@ fn distributed_edge_serves_links_imported_into_postgres() {
     assert_eq!(server.stop().code(), Some(0));
     drop(db);
 }
+
+/// A plain HTTP/1.1 request with an optional bearer token: (status, body).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `GET /admin/keypool` until `free` is `want`.
+fn wait_for_free(admin: SocketAddr, token: &str, want: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if TcpStream::connect(admin).is_ok() {
+            let (code, body) = request(admin, "GET", "/admin/keypool", Some(token), "");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if code == 200 && v["free"] == want {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool never held {want} free keys"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn keypool_role_fills_the_pool_and_serves_its_admin_endpoint() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::create());
+    let admin = free_addr();
+    let token = "cli-admin-token-0123456789";
+    let child = edgelink()
+        .args([
+            "keypool",
+            "--postgres-url",
+            &db.url,
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .env("EDGELINK_ADMIN_TOKEN", token)
+        .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "1000")
+        .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "3000")
+        .env("EDGELINK_KEYPOOL_BATCH_SIZE", "1000")
+        .env("EDGELINK_KEYPOOL_CHECK_INTERVAL_MS", "50")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, addr: admin };
+    let status = wait_for_free(admin, token, 3000);
+    assert_eq!(status["backend"], "postgres");
+    assert_eq!(status["high_watermark"], 3000);
+
+    let (code, _) = request(
+        admin,
+        "GET",
+        "/admin/keypool",
+        Some("wrong-token-000000000000"),
+        "",
+    );
+    assert_eq!(code, 401);
+    let (code, _) = request(admin, "GET", "/admin/keypool", None, "");
+    assert_eq!(code, 401, "no token, no answer");
+    let (code, body) = request(
+        admin,
+        "POST",
+        "/admin/keypool/refill",
+        Some(token),
+        r#"{"count": 500}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    wait_for_free(admin, token, 3500);
+    let (code, metrics) = request(admin, "GET", "/metrics", None, "");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("edgelink_keypool_free_keys 3500"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edgelink_keypool_refill_duration_seconds"),
+        "{metrics}"
+    );
+    assert_eq!(server.stop().code(), Some(0));
+    drop(db);
+}

@@ -1,0 +1,180 @@
+//! EdgeLink key pool: short-code keys generated ahead of time, so creating
+//! a link never waits on key generation.
+//!
+//! # Layout
+//!
+//! - [`keys`]: keys unique by construction (a keyed Feistel permutation of
+//!   a sequence, spelled in base62).
+//! - [`store`]: the pool's storage seam ([`store::PoolStore`]), with
+//!   [`postgres`] (distributed: `FOR UPDATE SKIP LOCKED` leasing, advisory
+//!   lock for the refiller) and [`sqlite`] (embedded, one writer).
+//! - [`refill`]: the refill worker (watermarks, batches, jittered backoff).
+//! - [`lease`]: an origin's in-memory lease buffer, refilled in the
+//!   background.
+//! - [`admin`]: `GET /admin/keypool`, `POST /admin/keypool/refill`,
+//!   token-protected.
+//! - [`metrics`]: free keys, keys leased and generated, refill durations.
+//! - this file: [`Keypool`], the parts wired together, and [`run`], the
+//!   `edgelink keypool` role (refill worker and admin listener).
+
+pub mod admin;
+pub mod keys;
+pub mod lease;
+pub mod metrics;
+pub mod postgres;
+pub mod refill;
+pub mod sqlite;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgelink_core::config::Config;
+use edgelink_core::net::{server, Body};
+use edgelink_core::shutdown::CancellationToken;
+use edgelink_core::StoreError;
+use http::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::admin::Admin;
+use crate::lease::Leaser;
+use crate::metrics::KeypoolMetrics;
+use crate::refill::Refiller;
+use crate::store::PoolStore;
+
+/// A key pool ready to use: its store, refill worker and admin endpoints.
+pub struct Keypool {
+    pub store: Arc<dyn PoolStore>,
+    pub refiller: Arc<Refiller>,
+    pub admin: Arc<Admin>,
+    pub metrics: KeypoolMetrics,
+}
+
+impl Keypool {
+    /// Loads (or creates) the keyspace of `keypool.key_length` in `store`.
+    pub async fn open(
+        store: Arc<dyn PoolStore>,
+        config: &Config,
+        metrics: KeypoolMetrics,
+    ) -> Result<Keypool, StoreError> {
+        let space = store.keyspace(config.keypool.key_length).await?;
+        let refiller = Refiller::new(
+            store.clone(),
+            space,
+            config.keypool.clone(),
+            metrics.clone(),
+        );
+        let admin = Arc::new(Admin::new(
+            config.admin.token.clone(),
+            store.clone(),
+            refiller.clone(),
+        ));
+        Ok(Keypool {
+            store,
+            refiller,
+            admin,
+            metrics,
+        })
+    }
+
+    /// An in-memory lease buffer over this pool (one per origin).
+    pub fn leaser(&self, batch: u32) -> Arc<Leaser> {
+        Leaser::new(self.store.clone(), batch, self.metrics.clone())
+    }
+}
+
+/// A Prometheus recorder with the key pool's histogram buckets.
+pub fn recorder() -> PrometheusRecorder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(metrics::REFILL_DURATION_SECONDS.to_owned()),
+            &metrics::REFILL_BUCKETS,
+        )
+        .map(PrometheusBuilder::build_recorder)
+        .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder())
+}
+
+/// The `edgelink keypool` role: runs the refill worker and serves the admin
+/// listener (`/admin/keypool...`, `/metrics`, `/healthz`) until `shutdown`.
+pub async fn run(
+    admin_listener: std::net::TcpListener,
+    config: Arc<Config>,
+    store: Arc<dyn PoolStore>,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let recorder = recorder();
+    let prometheus = recorder.handle();
+    let pool = Keypool::open(store, &config, KeypoolMetrics::new(&recorder)).await?;
+    let listener = tokio::net::TcpListener::from_std(admin_listener)
+        .map_err(|e| StoreError::unavailable("listener", e))?;
+    tracing::info!(
+        admin = %listener.local_addr().map_err(|e| StoreError::unavailable("listener", e))?,
+        backend = pool.store.name(),
+        key_length = config.keypool.key_length,
+        "key pool running"
+    );
+    let worker = tokio::spawn(pool.refiller.clone().run(shutdown.clone()));
+    let admin = pool.admin.clone();
+    let routes_prometheus = prometheus.clone();
+    let handler = move |req: Request<hyper::body::Incoming>| {
+        let (admin, prometheus) = (admin.clone(), routes_prometheus.clone());
+        async move { route(&admin, &prometheus, req).await }
+    };
+    let upkeep = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => prometheus.run_upkeep(),
+            }
+        }
+    };
+    tokio::join!(
+        server::serve(
+            listener,
+            server::builder(&config.server),
+            handler,
+            server::ConnLimits::new(256, ::metrics::Gauge::noop(), ::metrics::Counter::noop()),
+            shutdown.clone(),
+            Duration::from_millis(config.server.drain_timeout_ms),
+        ),
+        upkeep,
+    );
+    let _ = worker.await;
+    tracing::info!("key pool stopped");
+    Ok(())
+}
+
+/// The admin listener's routes for the key pool role.
+pub async fn route(
+    admin: &Admin,
+    prometheus: &PrometheusHandle,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    if Admin::owns(path) {
+        return admin
+            .handle(&parts.method, path, &parts.headers, body)
+            .await;
+    }
+    let text = |status: StatusCode, body: String| {
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = status;
+        resp
+    };
+    match (&parts.method, path) {
+        (&Method::GET, "/metrics") => {
+            let mut resp = text(StatusCode::OK, prometheus.render());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    }
+}
