@@ -89,7 +89,13 @@ def report(out, command):
         store = "SQLite" if mode == "embedded" else "Redis + PostgreSQL"
         workers = meta.get("edge_workers", 0)
         threads = f"{workers} thread" + ("s" if workers != 1 else "") if workers else "one thread per core (default)"
-        lines += [f"## {mode} mode ({store} behind tier 0), edge with {threads}", ""]
+        pin = meta.get("pin", "")
+        where = (
+            f"; servers pinned to CPU {pin.split(':')[0]}, load generator to CPU {pin.split(':')[1]}"
+            if pin
+            else ""
+        )
+        lines += [f"## {mode} mode ({store} behind tier 0), edge with {threads}{where}", ""]
         lines += [
             f"Tier 0 held {meta['entries']:.0f} entries after warm-up; "
             f"{meta['lookups_during_measurement']} backend lookups happened during measurement.",

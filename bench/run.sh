@@ -17,6 +17,10 @@
 # BENCH_OHA_LOW_RATE (20000: a second open-loop rate the machine can sustain
 # with the load generator on the same cores), BENCH_EDGE_WORKERS (edge threads;
 # default: one per core, like nginx's 2 workers here), BENCH_SEED (42),
+# BENCH_PIN ("SERVER_CPUS:LOAD_CPUS", e.g. "1:0": nginx and the edge run on
+# the first CPU list, wrk and oha on the second, so the servers are compared
+# on equal cores instead of on how the scheduler interleaves them with the
+# load generator; default: not pinned),
 # BENCH_POSTGRES_URL (admin URL; a database edgelink_bench is recreated),
 # BENCH_REDIS_URL, BENCH_RESULTS (output file).
 set -euo pipefail
@@ -35,6 +39,13 @@ OHA_DURATION=${BENCH_OHA_DURATION:-10s}
 OHA_LOW_RATE=${BENCH_OHA_LOW_RATE:-20000}
 EDGE_WORKERS=${BENCH_EDGE_WORKERS:-0}
 SEED=${BENCH_SEED:-42}
+PIN=${BENCH_PIN:-}
+SERVER_PIN=(); LOAD_PIN=()
+if [ -n "$PIN" ]; then
+  [[ "$PIN" == *:* ]] || { echo "BENCH_PIN must be SERVER_CPUS:LOAD_CPUS, e.g. 1:0" >&2; exit 64; }
+  command -v taskset >/dev/null || { echo "BENCH_PIN needs taskset (util-linux)" >&2; exit 1; }
+  SERVER_PIN=(taskset -c "${PIN%%:*}"); LOAD_PIN=(taskset -c "${PIN##*:}")
+fi
 PG_ADMIN=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
 RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
@@ -91,24 +102,24 @@ http {
     }
 }
 NGINX
-nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' &
+"${SERVER_PIN[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 wait_port "$NGINX_PORT"
 
 run_wrk() { # name port dist
-  BENCH_DIST=$3 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$ROOT/bench/wrk/codes.lua" \
+  BENCH_DIST=$3 "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$ROOT/bench/wrk/codes.lua" \
     "http://127.0.0.1:$2" > "$OUT/$1.wrk.txt"
   grep -E 'Requests/sec' "$OUT/$1.wrk.txt" | sed "s/^/  $1 /" >&2
 }
 
 warm() { # name port
-  BENCH_DIST=seq wrk -t1 -c"$CONNS" -d"$(( N / 10000 + 5 ))s" -s "$ROOT/bench/wrk/codes.lua" \
+  BENCH_DIST=seq "${LOAD_PIN[@]}" wrk -t1 -c"$CONNS" -d"$(( N / 10000 + 5 ))s" -s "$ROOT/bench/wrk/codes.lua" \
     "http://127.0.0.1:$2" > "$OUT/$1.warm.txt"
 }
 
 run_oha() { # name port rate
   awk -v n="$N" -v port="$2" -v seed="$SEED" 'BEGIN { srand(seed); for (i = 0; i < 65536; i++) printf "http://127.0.0.1:%d/k%07d\n", port, int(rand() * n) }' > "$OUT/urls-$2.txt"
-  oha --no-tui --urls-from-file -z "$OHA_DURATION" -q "$3" --latency-correction -r 0 -c "$CONNS" \
+  "${LOAD_PIN[@]}" oha --no-tui --urls-from-file -z "$OHA_DURATION" -q "$3" --latency-correction -r 0 -c "$CONNS" \
     --output-format json -o "$OUT/$1.oha.json" "$OUT/urls-$2.txt"
 }
 
@@ -124,13 +135,13 @@ for MODE in $MODES; do
   if [ "$MODE" = embedded ]; then
     DB=$OUT/embedded.db
     "$BIN" import "$CSV" --sqlite "$DB" > "$OUT/import-$MODE.txt"
-    "$BIN" serve --sqlite "$DB" --listen "127.0.0.1:$EDGE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2> "$OUT/edge-$MODE.log" &
+    "${SERVER_PIN[@]}" "$BIN" serve --sqlite "$DB" --listen "127.0.0.1:$EDGE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2> "$OUT/edge-$MODE.log" &
     STORE=sqlite
   else
     psql "$PG_ADMIN" -qc 'DROP DATABASE IF EXISTS edgelink_bench WITH (FORCE)' -c 'CREATE DATABASE edgelink_bench' >/dev/null
     PG_URL=${PG_ADMIN%/*}/edgelink_bench
     "$BIN" import "$CSV" --postgres-url "$PG_URL" > "$OUT/import-$MODE.txt"
-    EDGELINK_REDIS_KEY_PREFIX="elbench-$STAMP:" "$BIN" edge --postgres-url "$PG_URL" --redis-url "$REDIS_URL" \
+    EDGELINK_REDIS_KEY_PREFIX="elbench-$STAMP:" "${SERVER_PIN[@]}" "$BIN" edge --postgres-url "$PG_URL" --redis-url "$REDIS_URL" \
       --listen "127.0.0.1:$EDGE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2> "$OUT/edge-$MODE.log" &
     STORE=postgres
   fi
@@ -163,7 +174,7 @@ for MODE in $MODES; do
     done
   done
   lookups_after=$(metric "$ADMIN_PORT" "edgelink_backend_lookups_total{backend=\"$STORE\"}")
-  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE, $OHA_LOW_RATE], \"edge_workers\": $EDGE_WORKERS}" > "$OUT/$MODE.meta.json"
+  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE, $OHA_LOW_RATE], \"edge_workers\": $EDGE_WORKERS, \"pin\": \"$PIN\"}" > "$OUT/$MODE.meta.json"
   kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
 done
 
