@@ -20,8 +20,17 @@ use crate::link::RedirectStatus;
 pub const ENV_PREFIX: &str = "EDGELINK_";
 
 /// Sections an environment variable may address.
-const SECTIONS: [&str; 8] = [
-    "server", "cache", "redirect", "sqlite", "postgres", "redis", "keypool", "admin",
+const SECTIONS: [&str; 10] = [
+    "server",
+    "cache",
+    "redirect",
+    "sqlite",
+    "postgres",
+    "redis",
+    "keypool",
+    "admin",
+    "origin",
+    "bootstrap",
 ];
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +44,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub keypool: KeypoolConfig,
     pub admin: AdminConfig,
+    pub origin: OriginConfig,
+    pub bootstrap: BootstrapConfig,
 }
 
 /// Listeners and connection limits.
@@ -193,6 +204,41 @@ impl std::fmt::Debug for AdminConfig {
     }
 }
 
+/// The creation API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// The public base URL of short links, e.g. `https://sho.rt`; links may
+    /// not point at its host.
+    pub public_url: String,
+    /// Domains (and their subdomains) no link may point at. In the
+    /// environment: comma-separated.
+    pub blocked_domains: Vec<String>,
+    pub alias_min_len: usize,
+    pub alias_max_len: usize,
+    /// The longest lifetime a link may be given.
+    pub max_ttl_secs: u64,
+    /// Largest request body of a single-link call.
+    pub max_body_bytes: usize,
+}
+
+/// Start-up helpers for automation.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// An API key to register at start-up (`EDGELINK_BOOTSTRAP_API_KEY`),
+    /// in the form `edgelink apikey create` prints.
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for BootstrapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 // === impl defaults ===
 
 impl Default for ServerConfig {
@@ -262,6 +308,19 @@ impl Default for KeypoolConfig {
             check_interval_ms: 1_000,
             max_refill: 10_000_000,
             lease_batch: 1_000,
+        }
+    }
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            public_url: "http://127.0.0.1:8080".to_owned(),
+            blocked_domains: Vec::new(),
+            alias_min_len: 3,
+            alias_max_len: 64,
+            max_ttl_secs: 10 * 365 * 86_400,
+            max_body_bytes: 16 * 1024,
         }
     }
 }
@@ -433,6 +492,26 @@ impl Config {
             (1..=100_000).contains(&k.lease_batch),
             "keypool.lease_batch must be 1..=100000",
         );
+        let o = &self.origin;
+        match url::Url::parse(&o.public_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+            _ => problems.push("origin.public_url must be an http(s) URL with a host".to_owned()),
+        }
+        need(
+            &mut problems,
+            1 <= o.alias_min_len && o.alias_min_len <= o.alias_max_len && o.alias_max_len <= 64,
+            "origin.alias_min_len and alias_max_len must satisfy 1 <= min <= max <= 64",
+        );
+        need(
+            &mut problems,
+            o.max_ttl_secs > 0,
+            "origin.max_ttl_secs must be > 0",
+        );
+        need(
+            &mut problems,
+            (1024..=1024 * 1024).contains(&o.max_body_bytes),
+            "origin.max_body_bytes must be 1024..=1048576",
+        );
         if let Some(token) = &self.admin.token {
             need(
                 &mut problems,
@@ -593,6 +672,13 @@ fn apply_env(table: &mut toml::Table, env: &dyn Env) -> Result<(), ConfigError> 
                 .parse::<i64>()
                 .map(toml::Value::Integer)
                 .map_err(|_| bad(format!("expected an integer, got {raw:?}")))?,
+            Some(toml::Value::Array(_)) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
             Some(toml::Value::Boolean(_)) => {
                 raw.trim()
                     .parse::<bool>()
@@ -619,6 +705,7 @@ fn optional_keys(section: &str) -> &'static [&'static str] {
     match section {
         "postgres" | "redis" => &["url"],
         "admin" => &["token"],
+        "bootstrap" => &["api_key"],
         _ => &[],
     }
 }

@@ -150,6 +150,8 @@ pub enum LinkError {
     TargetTooLong(usize),
     #[error("url contains a control character")]
     ControlCharacter,
+    #[error("url contains whitespace; percent-encode spaces as %20")]
+    Whitespace,
     #[error("url is not a valid absolute URL: {0}")]
     BadUrl(String),
     #[error("url scheme must be http or https, not {0:?}")]
@@ -173,6 +175,9 @@ pub fn normalize_target(raw: &str) -> Result<String, LinkError> {
     }
     if raw.chars().any(char::is_control) {
         return Err(LinkError::ControlCharacter);
+    }
+    if raw.chars().any(char::is_whitespace) {
+        return Err(LinkError::Whitespace);
     }
     let url = url::Url::parse(raw).map_err(|e| LinkError::BadUrl(e.to_string()))?;
     match url.scheme() {
@@ -267,6 +272,17 @@ mod tests {
             normalize_target("https://a.example/\r\nSet-Cookie: x"),
             Err(LinkError::ControlCharacter)
         );
+        for spaced in [
+            " https://a.example/",
+            "https://a.example/a b",
+            "https://a.example/\u{a0}",
+        ] {
+            assert_eq!(
+                normalize_target(spaced),
+                Err(LinkError::Whitespace),
+                "{spaced:?}"
+            );
+        }
         assert_eq!(
             normalize_target("https://user:pw@a.example/"),
             Err(LinkError::Credentials)

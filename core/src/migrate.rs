@@ -25,6 +25,16 @@ pub const POSTGRES: &[Migration] = &[
         name: "keypool",
         sql: include_str!("../migrations/postgres/0002_keypool.sql"),
     },
+    Migration {
+        version: 3,
+        name: "link_tombstones",
+        sql: include_str!("../migrations/postgres/0003_link_tombstones.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "api_keys",
+        sql: include_str!("../migrations/postgres/0004_api_keys.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -37,6 +47,16 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         name: "keypool",
         sql: include_str!("../migrations/sqlite/0002_keypool.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "link_tombstones",
+        sql: include_str!("../migrations/sqlite/0003_link_tombstones.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "api_keys",
+        sql: include_str!("../migrations/sqlite/0004_api_keys.sql"),
     },
 ];
 
@@ -81,7 +101,7 @@ mod tests {
     fn pending_skips_applied_and_refuses_newer_schemas() {
         assert_eq!(pending(POSTGRES, &[]).unwrap().len(), POSTGRES.len());
         assert_eq!(pending(POSTGRES, &[1]).unwrap()[0].version, 2);
-        assert!(pending(POSTGRES, &[1, 2]).unwrap().is_empty());
+        assert!(pending(POSTGRES, &[1, 2, 3, 4]).unwrap().is_empty());
         assert!(pending(POSTGRES, &[1, 99]).is_err());
     }
 }

@@ -250,3 +250,89 @@ async fn distributed_stores_open_and_migrate() {
     stores.source.ping().await.unwrap();
     stores.cache.unwrap().ping().await.unwrap();
 }
+
+/// The write path's operations, the same on both SQL backends.
+async fn updates_deletes_and_lists(store: &dyn LinkStore) {
+    use edgelink_core::store::LinkPatch;
+    let links: Vec<Link> = ["b", "a", "d", "c"].iter().map(|c| link(c)).collect();
+    store.insert_links(&links).await.unwrap();
+
+    let patch = LinkPatch {
+        target: Some("https://example.com/new".to_owned()),
+        redirect: Some(RedirectStatus::PermanentRedirect),
+        expires_at: Some(from_unix(4_000_000_000)),
+        disabled: None,
+    };
+    let updated = store.update("a", &patch).await.unwrap().unwrap();
+    assert_eq!(updated.target, "https://example.com/new");
+    assert_eq!(updated.redirect, RedirectStatus::PermanentRedirect);
+    assert_eq!(updated.expires_at, from_unix(4_000_000_000));
+    assert!(!updated.disabled);
+    assert_eq!(store.get("a").await.unwrap(), Some(updated.clone()));
+    // Fields left out stay; Some(None) clears the expiry.
+    let cleared = store
+        .update(
+            "a",
+            &LinkPatch {
+                expires_at: Some(None),
+                disabled: Some(true),
+                ..LinkPatch::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cleared.target, "https://example.com/new");
+    assert_eq!(cleared.expires_at, None);
+    assert!(cleared.disabled);
+    assert_eq!(store.update("zz", &patch).await.unwrap(), None);
+
+    assert!(store.delete("b").await.unwrap());
+    assert!(
+        !store.delete("b").await.unwrap(),
+        "deleting twice is a no-op"
+    );
+    assert!(!store.delete("zz").await.unwrap());
+    assert_eq!(
+        store.find("b").await.unwrap(),
+        None,
+        "the API no longer sees it"
+    );
+    let tomb = store.get("b").await.unwrap().expect("a tombstone stays");
+    assert!(tomb.disabled, "so the edge answers 410");
+    assert_eq!(store.update("b", &patch).await.unwrap(), None);
+    let again = store.insert_links(&[link("b")]).await.unwrap();
+    assert_eq!(
+        again.existing,
+        vec![0],
+        "a deleted code is never taken again"
+    );
+
+    let page1 = store.list(None, 2).await.unwrap();
+    let codes: Vec<&str> = page1.iter().map(|l| l.code.as_str()).collect();
+    assert_eq!(codes, ["a", "c"], "code order, deleted ones left out");
+    let page2 = store.list(Some("c"), 2).await.unwrap();
+    assert_eq!(page2.len(), 1);
+    assert_eq!(page2[0].code, "d");
+    assert!(store.list(Some("d"), 2).await.unwrap().is_empty());
+    assert_eq!(store.find("c").await.unwrap(), Some(links[3].clone()));
+}
+
+#[tokio::test]
+async fn postgres_updates_deletes_and_lists() {
+    let db = TestDb::create().await;
+    updates_deletes_and_lists(&pg(&db).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_updates_deletes_and_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = edgelink_core::config::SqliteConfig {
+        path: dir.path().join("w.db"),
+        ..Default::default()
+    };
+    let store = edgelink_core::store::sqlite::SqliteStore::open(&cfg)
+        .await
+        .unwrap();
+    updates_deletes_and_lists(&store).await;
+}

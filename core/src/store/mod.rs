@@ -16,7 +16,8 @@ use async_trait::async_trait;
 
 use crate::config::Config;
 use crate::error::StoreError;
-use crate::link::Link;
+use crate::link::{Link, RedirectStatus};
+use time::OffsetDateTime;
 
 /// What an insert of many links did. The insert is all-or-nothing: on error
 /// nothing was written.
@@ -29,6 +30,20 @@ pub struct InsertReport {
     /// the stored ones are untouched.
     pub existing: Vec<usize>,
 }
+
+/// A change to a stored link; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkPatch {
+    /// A normalised target ([`crate::link::normalize_target`]).
+    pub target: Option<String>,
+    pub redirect: Option<RedirectStatus>,
+    /// `Some(None)` removes the expiry.
+    pub expires_at: Option<Option<OffsetDateTime>>,
+    pub disabled: Option<bool>,
+}
+
+/// Most links one [`LinkStore::list`] call returns.
+pub const MAX_LIST: u32 = 1_000;
 
 /// The source of truth for links.
 #[async_trait]
@@ -45,6 +60,22 @@ pub trait LinkStore: Send + Sync + 'static {
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// A link that exists: like [`get`](Self::get), without deleted ones
+    /// (which `get` returns disabled, so the edge answers 410).
+    async fn find(&self, code: &str) -> Result<Option<Link>, StoreError>;
+
+    /// Applies `patch` to an existing link and returns it as stored;
+    /// `Ok(None)` when there is no such link (or it was deleted).
+    async fn update(&self, code: &str, patch: &LinkPatch) -> Result<Option<Link>, StoreError>;
+
+    /// Deletes a link, leaving a tombstone: disabled, and its code never
+    /// taken again. `Ok(false)` when there was no such link.
+    async fn delete(&self, code: &str) -> Result<bool, StoreError>;
+
+    /// Existing links with codes after `after`, in code order, at most
+    /// `limit` (capped at [`MAX_LIST`]).
+    async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Link>, StoreError>;
 }
 
 /// A shared cache tier in front of the source of truth.
@@ -57,6 +88,10 @@ pub trait LinkCache: Send + Sync + 'static {
 
     /// Stores a link with a TTL.
     async fn put(&self, link: &Link) -> Result<(), StoreError>;
+
+    /// Drops `code` from the cache and tells every subscriber (the edges'
+    /// tier 0) to drop it too.
+    async fn forget(&self, code: &str) -> Result<(), StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

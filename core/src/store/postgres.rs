@@ -18,7 +18,7 @@ use crate::config::PostgresConfig;
 use crate::error::{with_timeout, StoreError};
 use crate::link::{Link, RedirectStatus};
 use crate::migrate;
-use crate::store::{InsertReport, LinkStore};
+use crate::store::{InsertReport, LinkPatch, LinkStore, MAX_LIST};
 
 const NAME: &str = "postgres";
 
@@ -31,6 +31,16 @@ const BULK_TIMEOUT: Duration = Duration::from_secs(30);
 
 const GET_LINK: &str =
     "SELECT target, redirect, created_at, expires_at, disabled FROM links WHERE code = $1";
+
+const LINK_COLUMNS: &str = "target, redirect, created_at, expires_at, disabled, code";
+
+const UPDATE_LINK: &str = "UPDATE links SET \
+     target = coalesce($2, target), \
+     redirect = coalesce($3, redirect), \
+     expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, \
+     disabled = coalesce($6, disabled) \
+     WHERE code = $1 AND deleted_at IS NULL \
+     RETURNING target, redirect, created_at, expires_at, disabled, code";
 
 const INSERT_LINKS: &str = "INSERT INTO links (code, target, redirect, created_at, expires_at, disabled) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], $5::timestamptz[], $6::bool[]) \
@@ -251,6 +261,80 @@ impl LinkStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_conn(self.timeout, async |c| {
             c.client.simple_query("").await.map(|_| ()).map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn find(&self, code: &str) -> Result<Option<Link>, StoreError> {
+        let sql =
+            format!("SELECT {LINK_COLUMNS} FROM links WHERE code = $1 AND deleted_at IS NULL");
+        self.with_conn(self.timeout, async |c| {
+            let row = c.client.query_opt(&sql, &[&code]).await.map_err(pg_err)?;
+            row.map(|r| row_to_link(code, &r)).transpose()
+        })
+        .await
+    }
+
+    async fn update(&self, code: &str, patch: &LinkPatch) -> Result<Option<Link>, StoreError> {
+        let redirect = patch.redirect.map(|r| r.code() as i16);
+        let set_expiry = patch.expires_at.is_some();
+        let expires_at = patch.expires_at.flatten();
+        self.with_conn(self.timeout, async |c| {
+            let row = c
+                .client
+                .query_opt(
+                    UPDATE_LINK,
+                    &[
+                        &code,
+                        &patch.target,
+                        &redirect,
+                        &set_expiry,
+                        &expires_at,
+                        &patch.disabled,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            row.map(|r| row_to_link(code, &r)).transpose()
+        })
+        .await
+    }
+
+    async fn delete(&self, code: &str) -> Result<bool, StoreError> {
+        self.with_conn(self.timeout, async |c| {
+            let n = c
+                .client
+                .execute(
+                    "UPDATE links SET deleted_at = now(), disabled = true \
+                     WHERE code = $1 AND deleted_at IS NULL",
+                    &[&code],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Link>, StoreError> {
+        let sql = format!(
+            "SELECT {LINK_COLUMNS} FROM links WHERE deleted_at IS NULL AND code > $1 \
+             ORDER BY code LIMIT $2"
+        );
+        let after = after.unwrap_or("");
+        let limit = i64::from(limit.min(MAX_LIST));
+        self.with_conn(self.timeout, async |c| {
+            let rows = c
+                .client
+                .query(&sql, &[&after, &limit])
+                .await
+                .map_err(pg_err)?;
+            rows.iter()
+                .map(|r| {
+                    let code: String = r.try_get(5).map_err(pg_err)?;
+                    row_to_link(&code, r)
+                })
+                .collect()
         })
         .await
     }

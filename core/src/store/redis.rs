@@ -59,6 +59,11 @@ impl RedisCache {
         key
     }
 
+    /// The pub/sub channel invalidations go out on: `<prefix>invalidate`.
+    pub fn invalidation_channel(&self) -> String {
+        format!("{}invalidate", self.prefix)
+    }
+
     /// TTL for a link: the configured one, cut short by the link's expiry.
     fn ttl_for(&self, link: &Link, now: i64) -> u64 {
         match link.expires_at.map(|e| e.unix_timestamp() - now) {
@@ -96,6 +101,23 @@ impl LinkCache for RedisCache {
         with_timeout(NAME, self.timeout, async {
             let mut conn = self.pool.get().await.map_err(redis_err)?;
             conn.set_ex::<_, _, ()>(&key, value, ttl)
+                .await
+                .map_err(redis_err)
+        })
+        .await
+    }
+
+    async fn forget(&self, code: &str) -> Result<(), StoreError> {
+        let key = self.key(code);
+        let channel = self.invalidation_channel();
+        with_timeout(NAME, self.timeout, async {
+            let mut conn = self.pool.get().await.map_err(redis_err)?;
+            redis::pipe()
+                .del(&key)
+                .ignore()
+                .publish(&channel, code)
+                .ignore()
+                .query_async::<()>(&mut *conn)
                 .await
                 .map_err(redis_err)
         })

@@ -19,7 +19,7 @@ use crate::config::SqliteConfig;
 use crate::error::{with_timeout, StoreError};
 use crate::link::{from_unix, Link, RedirectStatus};
 use crate::migrate;
-use crate::store::{InsertReport, LinkStore};
+use crate::store::{InsertReport, LinkPatch, LinkStore, MAX_LIST};
 
 const NAME: &str = "sqlite";
 
@@ -290,6 +290,95 @@ impl LinkStore for SqliteStore {
                 .reader()
                 .query_row("SELECT 1", [], |_| Ok(()))
                 .map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn find(&self, code: &str) -> Result<Option<Link>, StoreError> {
+        let code = code.to_owned();
+        self.run(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT target, redirect, created_at, expires_at, disabled \
+                     FROM links WHERE code = ?1 AND deleted_at IS NULL",
+                )
+                .map_err(sql_err)?;
+            stmt.query_row([&code], |row| row_to_link(&code, row))
+                .optional()
+                .map_err(sql_err)?
+                .transpose()
+        })
+        .await
+    }
+
+    async fn update(&self, code: &str, patch: &LinkPatch) -> Result<Option<Link>, StoreError> {
+        let code = code.to_owned();
+        let patch = patch.clone();
+        self.run(move |inner| {
+            let conn = lock(&inner.writer);
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE links SET \
+                     target = coalesce(?2, target), \
+                     redirect = coalesce(?3, redirect), \
+                     expires_at = CASE WHEN ?4 THEN ?5 ELSE expires_at END, \
+                     disabled = coalesce(?6, disabled) \
+                     WHERE code = ?1 AND deleted_at IS NULL \
+                     RETURNING target, redirect, created_at, expires_at, disabled",
+                )
+                .map_err(sql_err)?;
+            stmt.query_row(
+                params![
+                    code,
+                    patch.target,
+                    patch.redirect.map(|r| r.code()),
+                    patch.expires_at.is_some(),
+                    patch.expires_at.flatten().map(|e| e.unix_timestamp()),
+                    patch.disabled,
+                ],
+                |row| row_to_link(&code, row),
+            )
+            .optional()
+            .map_err(sql_err)?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn delete(&self, code: &str) -> Result<bool, StoreError> {
+        let code = code.to_owned();
+        self.run(move |inner| {
+            let n = lock(&inner.writer)
+                .execute(
+                    "UPDATE links SET deleted_at = unixepoch(), disabled = 1 \
+                     WHERE code = ?1 AND deleted_at IS NULL",
+                    [&code],
+                )
+                .map_err(sql_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Link>, StoreError> {
+        let after = after.unwrap_or("").to_owned();
+        let limit = limit.min(MAX_LIST);
+        self.run(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT target, redirect, created_at, expires_at, disabled, code \
+                     FROM links WHERE deleted_at IS NULL AND code > ?1 ORDER BY code LIMIT ?2",
+                )
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map(params![after, limit], |row| {
+                    let code: String = row.get(5)?;
+                    row_to_link(&code, row)
+                })
+                .map_err(sql_err)?;
+            rows.map(|r| r.map_err(sql_err)?).collect()
         })
         .await
     }
