@@ -251,6 +251,22 @@ impl Index {
         }
     }
 
+    /// Empties the index.
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard.0.write().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    /// Removes `code` whatever it holds (an invalidation).
+    pub fn remove(&self, code: &str) {
+        let hash = self.hash(code);
+        let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
+        if let Ok(o) = shard.find_entry(hash, |s| s.code() == code.as_bytes()) {
+            o.remove();
+        }
+    }
+
     /// Removes `code` if its slot still holds `block` (moka's eviction
     /// listener: a newer entry for the same code stays).
     pub fn remove_if_same(&self, code: &str, block: &Bytes) {

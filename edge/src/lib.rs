@@ -12,6 +12,8 @@
 //!   (PostgreSQL or SQLite).
 //! - [`index`]: the read index of tier 0 (what hits are served from; moka
 //!   decides what it holds).
+//! - [`invalidate`]: codes to drop from tier 0, from an in-process origin or
+//!   the shared cache's pub/sub channel.
 //! - [`respond`]: the one place outcomes become HTTP responses.
 //! - [`metrics`]: metric names, bounded labels, handles registered once.
 //! - this file: [`run`], the routes of the public and admin listeners, and
@@ -21,6 +23,7 @@
 //! listener: `/metrics` (Prometheus text), `/healthz`.
 
 pub mod index;
+pub mod invalidate;
 pub mod metrics;
 pub mod resolve;
 pub mod respond;
@@ -76,12 +79,38 @@ impl Listeners {
     }
 }
 
+/// A route served by another component of the same process.
+pub type Route = Arc<
+    dyn Fn(
+            Request<Incoming>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What other components of the same process hang on the edge (the
+/// embedded `serve`: the creation API and the key pool in one process).
+#[derive(Default)]
+pub struct Mounts {
+    /// Answers `/api/...` on the public listener.
+    pub api: Option<Route>,
+    /// Answers `/admin/...` on the admin listener.
+    pub admin: Option<Route>,
+    /// More metrics for `/metrics`, rendered after the edge's own.
+    pub metrics: Vec<PrometheusHandle>,
+    /// Codes to drop from tier 0 (links changed or deleted) from an origin
+    /// in the same process. Without it, an edge with Redis follows the
+    /// shared invalidation channel.
+    pub invalidations: Option<tokio::sync::mpsc::Receiver<invalidate::Invalidation>>,
+}
+
 /// Shared state of one edge.
 struct App {
     resolver: Resolver,
     metrics: Arc<EdgeMetrics>,
     draining: AtomicBool,
     backend_log: LogThrottle,
+    api: Option<Route>,
 }
 
 /// Serves the edge on `listeners` until `shutdown` is cancelled, then drains
@@ -98,6 +127,23 @@ pub async fn run(
     stores: Stores,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    run_with(listeners, config, stores, Mounts::default(), shutdown).await
+}
+
+/// [`run`], with other components' routes and invalidations mounted.
+pub async fn run_with(
+    listeners: Listeners,
+    config: Arc<Config>,
+    stores: Stores,
+    mounts: Mounts,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let Mounts {
+        api,
+        admin: admin_mount,
+        metrics: extra_metrics,
+        invalidations,
+    } = mounts;
     let cache_name = stores.cache.as_ref().map(|c| c.name());
     let (edge_metrics, prometheus) = EdgeMetrics::new(cache_name, stores.source.name());
     let metrics = Arc::new(edge_metrics);
@@ -106,6 +152,7 @@ pub async fn run(
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
         backend_log: LogThrottle::default(),
+        api,
     });
     let mut publics = listeners.public.into_iter();
     let first = publics
@@ -166,13 +213,21 @@ pub async fn run(
         shutdown.clone(),
         drain,
     );
-    let admin_prometheus = prometheus.clone();
+    let mut renderers = vec![prometheus.clone()];
+    renderers.extend(extra_metrics);
+    let renderers = Arc::new(renderers);
     let admin_task = server::serve(
         admin,
         builder,
-        move |req| {
-            let prometheus = admin_prometheus.clone();
-            async move { admin_route(&prometheus, &req) }
+        move |req: Request<Incoming>| {
+            let renderers = renderers.clone();
+            let mount = admin_mount.clone();
+            async move {
+                match mount {
+                    Some(route) if req.uri().path().starts_with("/admin/") => route(req).await,
+                    _ => admin_route(&renderers, &req),
+                }
+            }
         },
         server::ConnLimits::new(256, ::metrics::Gauge::noop(), ::metrics::Counter::noop()),
         shutdown.clone(),
@@ -184,10 +239,26 @@ pub async fn run(
         draining_token.cancelled().await;
         draining_app.draining.store(true, Ordering::Relaxed);
     };
+    let invalidations = match (invalidations, &config.redis.url) {
+        (Some(rx), _) => Some(rx),
+        (None, Some(url)) if stores.cache.is_some() => {
+            let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+            tokio::spawn(invalidate::follow_redis(
+                url.clone(),
+                format!("{}invalidate", config.redis.key_prefix),
+                tx,
+                shutdown.clone(),
+            ));
+            Some(rx)
+        }
+        _ => None,
+    };
+    let invalidating = apply_invalidations(app.clone(), invalidations, shutdown.clone());
     tokio::join!(
         public_task,
         admin_task,
         mark_draining,
+        invalidating,
         background(app, prometheus, shutdown)
     );
     for thread in threads {
@@ -223,10 +294,32 @@ async fn background(app: Arc<App>, prometheus: PrometheusHandle, shutdown: Cance
     }
 }
 
-fn admin_route(prometheus: &PrometheusHandle, req: &Request<Incoming>) -> Response<Body> {
+/// Drops every code that arrives from tier 0, until shutdown (or until
+/// every sender is gone).
+async fn apply_invalidations(
+    app: Arc<App>,
+    invalidations: Option<tokio::sync::mpsc::Receiver<invalidate::Invalidation>>,
+    shutdown: CancellationToken,
+) {
+    let Some(mut rx) = invalidations else { return };
+    loop {
+        let inv = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            inv = rx.recv() => inv,
+        };
+        let Some(inv) = inv else { return };
+        match inv {
+            invalidate::Invalidation::Code(code) => app.resolver.invalidate(&code).await,
+            invalidate::Invalidation::All => app.resolver.invalidate_all().await,
+        }
+    }
+}
+
+fn admin_route(renderers: &[PrometheusHandle], req: &Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(Body::from(prometheus.render()));
+            let text: String = renderers.iter().map(PrometheusHandle::render).collect();
+            let mut resp = Response::new(Body::from(text));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -246,6 +339,12 @@ impl App {
         let head = req.method() == Method::HEAD;
         let readable = head || req.method() == Method::GET;
         let path = req.uri().path();
+        if let Some(api) = self.api.as_ref().filter(|_| path.starts_with("/api/")) {
+            let resp = api(req).await;
+            self.metrics
+                .request(status_index(resp.status().as_u16()), Tier::None);
+            return resp;
+        }
         let (mut resp, tier) = match path {
             "/healthz" if readable => (respond::text(StatusCode::OK, "ok\n"), Tier::None),
             "/readyz" if readable => (self.ready().await, Tier::None),

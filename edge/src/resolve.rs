@@ -164,6 +164,21 @@ impl Resolver {
             .insert(code, hash, &entry.block, &entry.answer, deadline);
     }
 
+    /// Drops `code` from tier 0 (the link changed or was deleted); the next
+    /// request for it asks the backends. A lookup already in flight when
+    /// this runs may still put the old answer back, for at most the TTL.
+    pub async fn invalidate(&self, code: &str) {
+        self.index.remove(code);
+        self.cache.invalidate(code).await;
+    }
+
+    /// Empties tier 0 (invalidations may have been missed).
+    pub async fn invalidate_all(&self) {
+        self.index.clear();
+        self.cache.invalidate_all();
+        self.cache.run_pending_tasks().await;
+    }
+
     /// Entries in the read index (for tests and diagnostics).
     pub fn indexed(&self) -> usize {
         self.index.len()

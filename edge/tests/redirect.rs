@@ -443,3 +443,71 @@ async fn per_core_listeners_share_the_port_the_cache_and_shutdown() {
         .expect("every listener thread stops");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// A change published on the shared cache's invalidation channel reaches a
+/// running edge's tier 0 within a second; without it the edge would keep
+/// the cached answer for `cache.ttl_secs`.
+#[tokio::test]
+async fn published_invalidations_reach_tier0_within_a_second() {
+    use edgelink_core::store::LinkPatch;
+    let db = edgelink_core::testing::TestDb::create().await;
+    let mut config = test_config();
+    config.cache.ttl_secs = 3_600;
+    let stores = distributed_stores(&db, &mut config, true).await;
+    let source = stores.source.clone();
+    let cache = stores.cache.clone().unwrap();
+    insert(
+        source.as_ref(),
+        &[link("moving", "https://example.com/old")],
+    )
+    .await;
+    let edge = TestEdge::start(config, stores).await;
+    assert_eq!(
+        edge.get("/moving").await.header("location"),
+        Some("https://example.com/old")
+    );
+    // Let the subscription settle, then change the link as an origin would:
+    // commit, then forget (DEL + PUBLISH).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let patch = LinkPatch {
+        target: Some("https://example.com/new".to_owned()),
+        ..LinkPatch::default()
+    };
+    source.update("moving", &patch).await.unwrap().unwrap();
+    assert_eq!(
+        edge.get("/moving").await.header("location"),
+        Some("https://example.com/old"),
+        "still the cached answer before the invalidation"
+    );
+    cache.forget("moving").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut location = None;
+    while started.elapsed() < Duration::from_secs(1) {
+        location = edge
+            .get("/moving")
+            .await
+            .header("location")
+            .map(str::to_owned);
+        if location.as_deref() == Some("https://example.com/new") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        location.as_deref(),
+        Some("https://example.com/new"),
+        "within 1 s"
+    );
+    source.delete("moving").await.unwrap();
+    cache.forget("moving").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut status = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        status = edge.get("/moving").await.status.as_u16();
+        if status == 410 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 410, "a deleted link answers 410 within 1 s");
+}
