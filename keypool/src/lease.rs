@@ -3,8 +3,9 @@
 //! Creating a link takes a key from memory. When fewer than half a lease
 //! batch are left, one background lease (never two at once) fetches the next
 //! batch, so a steady stream of creations never waits on the database; only
-//! a caller that finds the buffer empty waits, for at most its budget, and
-//! then gets [`LeaseError::Empty`] (the API answers 503 with `Retry-After`).
+//! a caller that finds the buffer empty waits (asking the pool again every
+//! 50 ms, as a refill may be under way), for at most its budget, and then
+//! gets [`LeaseError::Empty`] (the API answers 503 with `Retry-After`).
 //! Keys handed out are counted and reported as used with the next lease.
 
 use std::collections::VecDeque;
@@ -16,6 +17,9 @@ use tokio::sync::Notify;
 
 use crate::metrics::KeypoolMetrics;
 use crate::store::PoolStore;
+
+/// How long a caller waits before asking an empty pool again.
+const RETRY_EMPTY: Duration = Duration::from_millis(50);
 
 /// Why no key could be had.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,8 +77,13 @@ impl Leaser {
                 return self.pop().ok_or(LeaseError::Empty);
             }
             if self.buffered() == 0 && !self.fetching.load(Ordering::Acquire) {
-                // The lease came back empty (or failed): the pool is dry.
-                return self.pop().ok_or(LeaseError::Empty);
+                // The lease came back empty (or failed): the pool may be
+                // being refilled. Ask again shortly, until the deadline.
+                let pause = tokio::time::Instant::now() + RETRY_EMPTY;
+                if pause >= deadline {
+                    return self.pop().ok_or(LeaseError::Empty);
+                }
+                tokio::time::sleep_until(pause).await;
             }
         }
     }
