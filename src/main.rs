@@ -64,6 +64,20 @@ enum Command {
         #[arg(long, value_name = "URL")]
         postgres_url: Option<String>,
     },
+    /// The creation API (`/api/v1`) on PostgreSQL, taking keys from the pool.
+    Origin {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        listen: Listen,
+        #[command(flatten)]
+        distributed: Distributed,
+    },
+    /// Manage API keys of the creation API.
+    Apikey {
+        #[command(subcommand)]
+        action: ApikeyAction,
+    },
     /// Apply schema migrations to the configured store and exit.
     Migrate {
         #[command(flatten)]
@@ -78,6 +92,28 @@ enum Command {
         /// Rows written per transaction.
         #[arg(long, default_value_t = edgelink_core::import::DEFAULT_BATCH)]
         batch_size: usize,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApikeyAction {
+    /// Create a key and print it (once: only its hash is stored).
+    Create {
+        /// Who or what the key is for.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key, named by its prefix (el_ and 8 characters) or the key itself.
+    Revoke {
+        key: String,
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
@@ -294,6 +330,37 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             }
             serve_keypool(config)
         }
+        Command::Origin {
+            common,
+            listen,
+            distributed,
+        } => {
+            let (config, _) = load(&common, |c| {
+                apply_listen(c, &listen);
+                if let Some(u) = &distributed.postgres_url {
+                    c.postgres.url = Some(u.clone());
+                }
+                if let Some(u) = &distributed.redis_url {
+                    c.redis.url = Some(u.clone());
+                }
+                StorageMode::Distributed
+            })?;
+            if let Some(code) = checked(common.check) {
+                return Ok(code);
+            }
+            serve_origin(config)
+        }
+        Command::Apikey { action } => {
+            let (common, store) = match &action {
+                ApikeyAction::Create { common, store, .. }
+                | ApikeyAction::Revoke { common, store, .. } => (common, store),
+            };
+            let (config, mode) = load(common, |c| apply_store(c, store))?;
+            if let Some(code) = checked(common.check) {
+                return Ok(code);
+            }
+            runtime(1)?.block_on(apikey(&config, mode, action))
+        }
         Command::Migrate { common, store } => {
             let (config, mode) = load(&common, |c| apply_store(c, &store))?;
             if let Some(code) = checked(common.check) {
@@ -344,10 +411,77 @@ fn serve_edge(config: Config, mode: StorageMode) -> Result<ExitCode, Failure> {
         })?;
         let shutdown = CancellationToken::new();
         cancel_on_signal(shutdown.clone());
-        edgelink_edge::run(listeners, Arc::new(config), stores, shutdown)
+        let mounts = match &stores.embedded {
+            Some(sqlite) => {
+                embedded_mounts(&config, &stores, sqlite.clone(), shutdown.clone()).await?
+            }
+            None => edgelink_edge::Mounts::default(),
+        };
+        edgelink_edge::run_with(listeners, Arc::new(config), stores, mounts, shutdown)
             .await
             .map_err(anyhow::Error::from)?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The rest of the all-in-one process beside the edge: the key pool (its
+/// refill worker and admin endpoints) and the creation API, on SQLite;
+/// changes reach tier 0 through an in-process channel.
+async fn embedded_mounts(
+    config: &Config,
+    stores: &Stores,
+    sqlite: SqliteStore,
+    shutdown: CancellationToken,
+) -> anyhow::Result<edgelink_edge::Mounts> {
+    use edgelink_edge::invalidate::Invalidation;
+    use edgelink_origin::api::Invalidator;
+    struct Channel(tokio::sync::mpsc::Sender<Invalidation>);
+    #[async_trait::async_trait]
+    impl Invalidator for Channel {
+        async fn invalidate(&self, code: &str) {
+            let _ = self.0.send(Invalidation::Code(code.to_owned())).await;
+        }
+    }
+    let recorder = edgelink_keypool::recorder();
+    let pool = edgelink_keypool::Keypool::open(
+        Arc::new(edgelink_keypool::sqlite::SqlitePool::new(sqlite.clone())),
+        config,
+        edgelink_keypool::metrics::KeypoolMetrics::new(&recorder),
+    )
+    .await?;
+    tokio::spawn(pool.refiller.clone().run(shutdown));
+    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    let api = Arc::new(
+        edgelink_origin::build(
+            config,
+            stores.source.clone(),
+            None,
+            Arc::new(edgelink_origin::store::SqliteOrigin::new(sqlite)),
+            pool.leaser(config.keypool.lease_batch),
+            Arc::new(Channel(tx)),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap API key: {e}"))?,
+    );
+    let admin = pool.admin.clone();
+    Ok(edgelink_edge::Mounts {
+        api: Some(Arc::new(move |req| {
+            let api = api.clone();
+            Box::pin(async move { edgelink_origin::route(&api, req).await })
+        })),
+        admin: Some(Arc::new(
+            move |req: http::Request<hyper::body::Incoming>| {
+                let admin = admin.clone();
+                Box::pin(async move {
+                    let (parts, body) = req.into_parts();
+                    admin
+                        .handle(&parts.method, parts.uri.path(), &parts.headers, body)
+                        .await
+                })
+            },
+        )),
+        metrics: vec![recorder.handle()],
+        invalidations: Some(rx),
     })
 }
 
@@ -375,6 +509,111 @@ fn serve_keypool(config: Config) -> Result<ExitCode, Failure> {
             .map_err(|e| anyhow::anyhow!("key pool: {e}"))?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn serve_origin(config: Config) -> Result<ExitCode, Failure> {
+    let rt = runtime(config.server.worker_count())?;
+    rt.block_on(async move {
+        let storage = |e| anyhow::anyhow!("cannot open storage: {e}");
+        let stores = Stores::open_distributed(&config).await.map_err(storage)?;
+        let recorder = edgelink_keypool::recorder();
+        let prometheus = recorder.handle();
+        let pool = edgelink_keypool::Keypool::open(
+            Arc::new(
+                edgelink_keypool::postgres::PgPool::connect(&config.postgres).map_err(storage)?,
+            ),
+            &config,
+            edgelink_keypool::metrics::KeypoolMetrics::new(&recorder),
+        )
+        .await
+        .map_err(storage)?;
+        let invalidator: Arc<dyn edgelink_origin::api::Invalidator> = match &stores.cache {
+            Some(cache) => Arc::new(edgelink_origin::CacheInvalidator(cache.clone())),
+            None => Arc::new(edgelink_origin::TtlOnly),
+        };
+        let api = edgelink_origin::build(
+            &config,
+            stores.source.clone(),
+            stores.cache.clone(),
+            Arc::new(edgelink_origin::store::PgOrigin::connect(&config.postgres).map_err(storage)?),
+            pool.leaser(config.keypool.lease_batch),
+            invalidator,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap API key: {e}"))?;
+        let s = &config.server;
+        let bind = |addr| {
+            edgelink_core::net::listener::bind(addr, s.backlog)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+        };
+        let (public, admin) = (bind(s.listen)?, bind(s.admin_listen)?);
+        let shutdown = CancellationToken::new();
+        cancel_on_signal(shutdown.clone());
+        edgelink_origin::run(
+            public,
+            admin,
+            Arc::new(config.clone()),
+            Arc::new(api),
+            prometheus,
+            shutdown,
+        )
+        .await
+        .map_err(anyhow::Error::from)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn apikey(
+    config: &Config,
+    mode: StorageMode,
+    action: ApikeyAction,
+) -> Result<ExitCode, Failure> {
+    use edgelink_origin::store::{OriginStore, PgOrigin, SqliteOrigin};
+    let links = open_store(config, mode).await?;
+    drop(links); // opened for its migrations
+    let store: Arc<dyn OriginStore> = match mode {
+        StorageMode::Embedded => Arc::new(SqliteOrigin::new(
+            SqliteStore::open(&config.sqlite)
+                .await
+                .map_err(anyhow::Error::from)?,
+        )),
+        StorageMode::Distributed => {
+            Arc::new(PgOrigin::connect(&config.postgres).map_err(anyhow::Error::from)?)
+        }
+    };
+    match action {
+        ApikeyAction::Create { name, .. } => {
+            if name.is_empty() || name.len() > 100 {
+                return Err(
+                    ConfigError::Invalid("--name must be 1..=100 characters".into()).into(),
+                );
+            }
+            let (key, prefix, hash) = edgelink_origin::apikey::generate();
+            store
+                .add_api_key(&name, &prefix, hash)
+                .await
+                .map_err(anyhow::Error::from)?;
+            eprintln!("created API key {prefix}... for {name:?}; it is shown once, store it now:");
+            println!("{key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ApikeyAction::Revoke { key, .. } => {
+            let prefix = edgelink_origin::apikey::prefix(&key)
+                .unwrap_or(&key)
+                .to_owned();
+            if store
+                .revoke_api_key(&prefix)
+                .await
+                .map_err(anyhow::Error::from)?
+            {
+                println!("revoked {prefix}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("edgelink: no active API key {prefix}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
 }
 
 async fn open_store(config: &Config, mode: StorageMode) -> anyhow::Result<Arc<dyn LinkStore>> {

@@ -127,6 +127,76 @@ fn readme_first_run_serve_import_and_follow_a_link() {
 }
 
 #[test]
+fn readme_create_a_link_with_the_api_and_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edgelink.db");
+    let server = Server::start(
+        edgelink()
+            .args(["serve", "--sqlite"])
+            .arg(&db)
+            .env("EDGELINK_ADMIN_TOKEN", "serve-admin-token-0123456789"),
+    );
+    let out = run(edgelink()
+        .args(["apikey", "create", "--name", "me", "--sqlite"])
+        .arg(&db));
+    assert!(out.status.success(), "{out:?}");
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("el_") && key.len() == 43, "{key:?}");
+
+    let (status, body) = request(
+        server.addr,
+        "POST",
+        "/api/v1/links",
+        Some(&key),
+        r#"{"url": "https://example.com/"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let link: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let code = link["code"].as_str().unwrap();
+    assert_eq!(code.len(), 7, "a key from the pool");
+    let (status, location) = get(server.addr, &format!("/{code}"));
+    assert_eq!(status, 302);
+    assert_eq!(location.as_deref(), Some("https://example.com/"));
+
+    // A change reaches the running edge's cache at once (in-process invalidation).
+    let (status, _) = request(
+        server.addr,
+        "PATCH",
+        &format!("/api/v1/links/{code}"),
+        Some(&key),
+        r#"{"url": "https://example.com/moved"}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        get(server.addr, &format!("/{code}")).1.as_deref(),
+        Some("https://example.com/moved")
+    );
+    let (status, _) = request(
+        server.addr,
+        "DELETE",
+        &format!("/api/v1/links/{code}"),
+        Some(&key),
+        "",
+    );
+    assert_eq!(status, 204);
+    assert_eq!(get(server.addr, &format!("/{code}")).0, 410);
+
+    let (status, _) = request(
+        server.addr,
+        "POST",
+        "/api/v1/links",
+        None,
+        r#"{"url": "https://example.com/"}"#,
+    );
+    assert_eq!(status, 401, "no key, no link");
+    let revoked = run(edgelink()
+        .args(["apikey", "revoke", &key, "--sqlite"])
+        .arg(&db));
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[test]
 fn import_reports_bad_rows_with_line_numbers_and_exit_65() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("e.db");

@@ -1,0 +1,429 @@
+//! The creation API under `/api/v1`: create, read, change, delete and list
+//! links, JSON in and out, every request authenticated by an API key.
+//!
+//! Write order: the source of truth commits first, then the shared cache is
+//! written through (or, for a change or delete, the code is dropped from it
+//! and every edge's tier 0 — [`Invalidator`]). A 201 is sent only after the
+//! commit, so a link answered 201 is never lost; a cache step that fails is
+//! logged and left to the cache TTLs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use edgelink_core::link::now;
+use edgelink_core::net::Body;
+use edgelink_core::store::{LinkPatch, MAX_LIST};
+use edgelink_core::{Link, LinkCache, LinkStore};
+use edgelink_keypool::lease::Leaser;
+use http::header::{CONTENT_TYPE, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use time::format_description::well_known::Rfc3339;
+
+use crate::apikey::Keys;
+use crate::error::ApiError;
+use crate::store::OriginStore;
+use crate::validate::{CreateLink, Policy, UpdateLink};
+
+/// The prefix every route of this module lives under.
+pub const PREFIX: &str = "/api/v1/";
+
+/// How long a creation waits for keys when the in-memory lease is empty.
+const KEY_WAIT: Duration = Duration::from_secs(2);
+
+/// Pool keys tried per creation when a key turns out to be taken already
+/// (by an alias or an import that happened to spell it).
+const KEY_ATTEMPTS: usize = 3;
+
+/// Drops a changed or deleted code from every cache in front of the source
+/// of truth: the shared cache and every edge's tier 0.
+#[async_trait]
+pub trait Invalidator: Send + Sync + 'static {
+    async fn invalidate(&self, code: &str);
+}
+
+/// Everything the API needs.
+pub struct Api {
+    pub links: Arc<dyn LinkStore>,
+    pub cache: Option<Arc<dyn LinkCache>>,
+    pub store: Arc<dyn OriginStore>,
+    pub keys: Keys,
+    pub leaser: Arc<Leaser>,
+    pub policy: Policy,
+    /// `https://sho.rt` (no trailing slash): short URLs are `<public_url>/<code>`.
+    pub public_url: String,
+    pub invalidator: Arc<dyn Invalidator>,
+    pub max_body_bytes: usize,
+}
+
+impl Api {
+    /// Answers a request whose path starts with [`PREFIX`].
+    pub async fn handle<B>(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self.route(method, path, query, headers, body).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn route<B>(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<Response<Body>, ApiError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let rest = path.strip_prefix(PREFIX).ok_or_else(route_not_found)?;
+        let segments: Vec<&str> = rest.split('/').collect();
+        // Authenticate before reading a body or touching storage.
+        let key_id = self.keys.check(headers).await?;
+        match (method, segments.as_slice()) {
+            (&Method::POST, ["links"]) => {
+                let body = self.read(body).await?;
+                let req: CreateLink = parse(&body)?;
+                let idem = idempotency_key(headers)?;
+                let request = idem.map(|_| request_digest(method, path, &body));
+                self.create(key_id, req, idem.zip(request)).await
+            }
+            (&Method::GET, ["links"]) => self.list(query).await,
+            (&Method::GET, ["links", code]) => {
+                let link = self
+                    .links
+                    .find(code)
+                    .await?
+                    .ok_or_else(ApiError::not_found)?;
+                Ok(json_response(StatusCode::OK, &self.view(&link)))
+            }
+            (&Method::PATCH, ["links", code]) => {
+                let body = self.read(body).await?;
+                self.update(code, parse(&body)?).await
+            }
+            (&Method::DELETE, ["links", code]) => {
+                if !self.links.delete(code).await? {
+                    return Err(ApiError::not_found());
+                }
+                self.invalidator.invalidate(code).await;
+                let mut resp = Response::new(Body::default());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                Ok(resp)
+            }
+            (_, ["links"] | ["links", _]) => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here"),
+            )),
+            _ => Err(route_not_found()),
+        }
+    }
+
+    async fn read<B>(&self, body: B) -> Result<Bytes, ApiError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body must be at most {} bytes", self.max_body_bytes),
+            )),
+            Err(_) => Err(ApiError::bad_request(
+                "bad_body",
+                "the request body could not be read",
+            )),
+        }
+    }
+
+    async fn create(
+        &self,
+        key_id: i64,
+        req: CreateLink,
+        idem: Option<(&str, [u8; 32])>,
+    ) -> Result<Response<Body>, ApiError> {
+        let created_at = now();
+        let target = self.policy.target(&req.url)?;
+        let expires_at =
+            self.policy
+                .expiry(req.expires_at.as_deref(), req.ttl_seconds, created_at)?;
+        let redirect = self.policy.redirect(req.redirect)?;
+        if let Some(alias) = &req.alias {
+            self.policy.alias(alias)?;
+        }
+        let build = |code: &str| Link {
+            code: code.to_owned(),
+            target: target.clone(),
+            redirect,
+            created_at,
+            expires_at,
+            disabled: false,
+        };
+        for _ in 0..KEY_ATTEMPTS {
+            let (code, from_pool) = match &req.alias {
+                Some(a) => (a.clone(), false),
+                None => (self.key().await?, true),
+            };
+            // An Idempotency-Key is bound to its code before the link is
+            // written, so concurrent retries agree on one link.
+            if let Some((idem, digest)) = idem {
+                if let Some(earlier) = self.store.bind(key_id, idem, digest, &code).await? {
+                    if from_pool {
+                        self.leaser.give_back(code);
+                    }
+                    if earlier.request != digest {
+                        return Err(ApiError::invalid(
+                            "idempotency_key_reused",
+                            "this Idempotency-Key was used for a different request",
+                        ));
+                    }
+                    return self.replay(build(&earlier.code)).await;
+                }
+            }
+            let link = build(&code);
+            let report = match self.links.insert_links(std::slice::from_ref(&link)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.undo(key_id, idem, code, from_pool).await;
+                    return Err(e.into());
+                }
+            };
+            if report.inserted == 1 {
+                self.write_through(&link).await;
+                return Ok(self.created(&link));
+            }
+            if let Some((idem, _)) = idem {
+                let _ = self.store.unbind(key_id, idem).await;
+            }
+            if !from_pool {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "alias_taken",
+                    format!("{code:?} is taken"),
+                ));
+            }
+            // A pool key already spelled by an alias or an import: it stays
+            // used; take the next one.
+            tracing::info!(code, "pool key already taken; using the next one");
+        }
+        Err(ApiError::unavailable(
+            "could not find a free key; try again",
+        ))
+    }
+
+    /// The link an earlier request with the same Idempotency-Key created;
+    /// if that request never got to write it, written now with its code.
+    async fn replay(&self, wanted: Link) -> Result<Response<Body>, ApiError> {
+        if let Some(link) = self.links.find(&wanted.code).await? {
+            return Ok(self.created(&link));
+        }
+        let report = self
+            .links
+            .insert_links(std::slice::from_ref(&wanted))
+            .await?;
+        if report.inserted == 1 {
+            self.write_through(&wanted).await;
+            return Ok(self.created(&wanted));
+        }
+        match self.links.find(&wanted.code).await? {
+            Some(link) => Ok(self.created(&link)),
+            None => Err(ApiError::not_found()),
+        }
+    }
+
+    async fn undo(
+        &self,
+        key_id: i64,
+        idem: Option<(&str, [u8; 32])>,
+        code: String,
+        from_pool: bool,
+    ) {
+        if let Some((idem, _)) = idem {
+            let _ = self.store.unbind(key_id, idem).await;
+        }
+        if from_pool {
+            // Even if the failed insert did commit (a timeout after the
+            // commit), reusing the key is safe: inserts never overwrite, so
+            // its next use finds it taken and moves on to another key.
+            self.leaser.give_back(code);
+        }
+    }
+
+    async fn key(&self) -> Result<String, ApiError> {
+        self.leaser.next(KEY_WAIT).await.map_err(|_| ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keys_exhausted",
+                "no short codes are free right now; the key pool is being refilled",
+            )
+        })
+    }
+
+    async fn write_through(&self, link: &Link) {
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.put(link).await {
+                tracing::debug!(error = %e, code = %link.code, "write-through to the shared cache failed");
+            }
+        }
+    }
+
+    async fn update(&self, code: &str, req: UpdateLink) -> Result<Response<Body>, ApiError> {
+        let target = req
+            .url
+            .as_deref()
+            .map(|u| self.policy.target(u))
+            .transpose()?;
+        let expires_at = match (&req.expires_at, req.ttl_seconds) {
+            (Some(None), None) => Some(None),
+            (None, None) => None,
+            (e, ttl) => Some(self.policy.expiry(
+                e.as_ref().and_then(|e| e.as_deref()),
+                ttl,
+                now(),
+            )?),
+        };
+        let redirect = req
+            .redirect
+            .map(|r| self.policy.redirect(Some(r)))
+            .transpose()?;
+        let patch = LinkPatch {
+            target,
+            redirect,
+            expires_at,
+            disabled: req.disabled,
+        };
+        let link = self
+            .links
+            .update(code, &patch)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+        self.invalidator.invalidate(code).await;
+        Ok(json_response(StatusCode::OK, &self.view(&link)))
+    }
+
+    async fn list(&self, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+        let mut cursor = None;
+        let mut limit = 100u32;
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "cursor" => cursor = Some(v.into_owned()),
+                "limit" => {
+                    limit = v
+                        .parse()
+                        .ok()
+                        .filter(|l| (1..=MAX_LIST).contains(l))
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "invalid_limit",
+                                format!("limit must be 1..={MAX_LIST}"),
+                            )
+                        })?;
+                }
+                other => {
+                    return Err(ApiError::bad_request(
+                        "unknown_parameter",
+                        format!("unknown query parameter {other:?}"),
+                    ))
+                }
+            }
+        }
+        let links = self.links.list(cursor.as_deref(), limit).await?;
+        let next = (links.len() == limit as usize)
+            .then(|| links.last().map(|l| l.code.clone()))
+            .flatten();
+        let items: Vec<Value> = links.iter().map(|l| self.view(l)).collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "links": items, "next_cursor": next }),
+        ))
+    }
+
+    fn short_url(&self, code: &str) -> String {
+        format!("{}/{code}", self.public_url)
+    }
+
+    fn view(&self, link: &Link) -> Value {
+        let time = |t: time::OffsetDateTime| t.format(&Rfc3339).unwrap_or_default();
+        json!({
+            "code": link.code,
+            "short_url": self.short_url(&link.code),
+            "url": link.target,
+            "redirect": link.redirect.code(),
+            "created_at": time(link.created_at),
+            "expires_at": link.expires_at.map(time),
+            "disabled": link.disabled,
+        })
+    }
+
+    fn created(&self, link: &Link) -> Response<Body> {
+        let mut resp = json_response(StatusCode::CREATED, &self.view(link));
+        if let Ok(v) = HeaderValue::from_str(&self.short_url(&link.code)) {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        resp
+    }
+}
+
+fn route_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such API endpoint")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+}
+
+/// The `Idempotency-Key` header, 1..=255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1..=255 visible ASCII characters",
+                )
+            }),
+    }
+}
+
+/// What makes two requests "the same" for an Idempotency-Key.
+fn request_digest(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(method.as_str().as_bytes());
+    h.update([0]);
+    h.update(path.as_bytes());
+    h.update([0]);
+    h.update(body);
+    h.finalize().into()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

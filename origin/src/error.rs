@@ -1,0 +1,82 @@
+//! The API's one error shape: `{"error": {"code": "...", "message": "..."}}`
+//! with a status that says whose fault it is (4xx the client's, 5xx ours).
+
+use bytes::Bytes;
+use edgelink_core::net::Body;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, machine-readable: clients branch on it.
+    pub code: &'static str,
+    /// For people; safe to show (never a backend's internals).
+    pub message: String,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A field broke a rule (422).
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    /// The request itself is malformed (400).
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no link has this code")
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid API key: Authorization: Bearer <key>",
+        )
+    }
+
+    /// A backend could not answer: 503, try again shortly.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut resp = Response::new(Body::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status;
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<edgelink_core::StoreError> for ApiError {
+    fn from(e: edgelink_core::StoreError) -> ApiError {
+        tracing::warn!(error = %e, "storage call failed");
+        ApiError::unavailable(
+            "storage is unavailable; retry (with the same Idempotency-Key to make it safe)",
+        )
+    }
+}

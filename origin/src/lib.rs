@@ -1,0 +1,180 @@
+//! EdgeLink origin: the creation API.
+//!
+//! # Layout
+//!
+//! - [`api`]: the routes under `/api/v1` (create, read, change, delete,
+//!   list), write order, Idempotency-Key handling, and the [`api::Invalidator`]
+//!   seam through which changes reach every cache.
+//! - [`validate`]: request bodies and the rules they must pass.
+//! - [`apikey`]: API keys (generated, hashed, checked, cached briefly).
+//! - [`store`]: API keys and Idempotency-Key bindings on PostgreSQL and SQLite.
+//! - [`error`]: the one JSON error shape and its statuses.
+//! - this file: [`build`] (the API from config and stores) and [`run`], the
+//!   `edgelink origin` role.
+
+pub mod api;
+pub mod apikey;
+pub mod error;
+pub mod store;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use edgelink_core::config::Config;
+use edgelink_core::net::{server, Body};
+use edgelink_core::shutdown::CancellationToken;
+use edgelink_core::{LinkCache, LinkStore};
+use edgelink_keypool::lease::Leaser;
+use http::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::api::{Api, Invalidator};
+use crate::apikey::Keys;
+use crate::store::OriginStore;
+use crate::validate::Policy;
+
+/// Invalidates through the shared cache: deletes the key and publishes the
+/// code on the invalidation channel every edge subscribes to.
+pub struct CacheInvalidator(pub Arc<dyn LinkCache>);
+
+#[async_trait]
+impl Invalidator for CacheInvalidator {
+    async fn invalidate(&self, code: &str) {
+        if let Err(e) = self.0.forget(code).await {
+            tracing::warn!(error = %e, code, "invalidation not published; edges keep the old answer until their cache TTL");
+        }
+    }
+}
+
+/// No shared cache to tell: edges see a change when their tier-0 TTL ends.
+pub struct TtlOnly;
+
+#[async_trait]
+impl Invalidator for TtlOnly {
+    async fn invalidate(&self, _code: &str) {}
+}
+
+/// The API from the config and the stores; registers the bootstrap API key
+/// when one is configured.
+pub async fn build(
+    config: &Config,
+    links: Arc<dyn LinkStore>,
+    cache: Option<Arc<dyn LinkCache>>,
+    store: Arc<dyn OriginStore>,
+    leaser: Arc<Leaser>,
+    invalidator: Arc<dyn Invalidator>,
+) -> Result<Api, String> {
+    let o = &config.origin;
+    let public_url = o.public_url.trim_end_matches('/').to_owned();
+    let own_host = url::Url::parse(&public_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    let keys = Keys::new(store.clone());
+    if let Some(key) = &config.bootstrap.api_key {
+        keys.register("bootstrap", key).await?;
+    }
+    Ok(Api {
+        links,
+        cache,
+        store,
+        keys,
+        leaser,
+        policy: Policy {
+            own_host,
+            blocked_domains: o
+                .blocked_domains
+                .iter()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            alias_min_len: o.alias_min_len,
+            alias_max_len: o.alias_max_len,
+            max_ttl_secs: o.max_ttl_secs,
+            default_redirect: config.redirect.default_status,
+        },
+        public_url,
+        invalidator,
+        max_body_bytes: o.max_body_bytes,
+    })
+}
+
+/// The `edgelink origin` role: the API on `listener`, `/metrics` and
+/// `/healthz` on `admin_listener`, until `shutdown`; then reports the keys
+/// it used to the pool.
+pub async fn run(
+    listener: std::net::TcpListener,
+    admin_listener: std::net::TcpListener,
+    config: Arc<Config>,
+    api: Arc<Api>,
+    prometheus: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let public = tokio::net::TcpListener::from_std(listener)?;
+    let admin = tokio::net::TcpListener::from_std(admin_listener)?;
+    tracing::info!(
+        public = %public.local_addr()?,
+        admin = %admin.local_addr()?,
+        "origin listening"
+    );
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
+    let routes = api.clone();
+    let public_task = server::serve(
+        public,
+        server::builder(&config.server),
+        move |req| {
+            let api = routes.clone();
+            async move { route(&api, req).await }
+        },
+        server::ConnLimits::new(
+            config.server.max_connections,
+            ::metrics::Gauge::noop(),
+            ::metrics::Counter::noop(),
+        ),
+        shutdown.clone(),
+        drain,
+    );
+    let admin_task = server::serve(
+        admin,
+        server::builder(&config.server),
+        move |req: Request<hyper::body::Incoming>| {
+            let prometheus = prometheus.clone();
+            async move {
+                match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/metrics") => text(StatusCode::OK, prometheus.render()),
+                    (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
+                    _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+                }
+            }
+        },
+        server::ConnLimits::new(256, ::metrics::Gauge::noop(), ::metrics::Counter::noop()),
+        shutdown.clone(),
+        drain,
+    );
+    tokio::join!(public_task, admin_task);
+    api.leaser.report().await;
+    tracing::info!("origin stopped");
+    Ok(())
+}
+
+/// The origin's public routes: `/api/v1/...` and `/healthz`.
+pub async fn route(api: &Api, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    if path.starts_with(api::PREFIX) {
+        return api
+            .handle(&parts.method, path, parts.uri.query(), &parts.headers, body)
+            .await;
+    }
+    match (&parts.method, path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
+        _ => error::ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
+            .into_response(),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,312 @@
+//! Request bodies and every rule they must pass before anything is written.
+
+use edgelink_core::code::{check_code, CodeError};
+use edgelink_core::link::{normalize_target, parse_rfc3339, LinkError};
+use edgelink_core::RedirectStatus;
+use serde::{Deserialize, Deserializer};
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+
+/// `POST /api/v1/links` (and each item of a batch).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLink {
+    pub url: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// RFC 3339; exclusive with `ttl_seconds`.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub redirect: Option<u16>,
+}
+
+/// `PATCH /api/v1/links/{code}`: fields left out stay; `"expires_at": null`
+/// removes the expiry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateLink {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<String>>,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub redirect: Option<u16>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// Tells a field set to `null` (Some(None)) from one left out (None).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// The rules links are created and changed under (from `[origin]` config).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Host of the shortener's own public URL: no link may point back at it.
+    pub own_host: Option<String>,
+    /// Lower-case domains; a target on one of them or a subdomain is refused.
+    pub blocked_domains: Vec<String>,
+    pub alias_min_len: usize,
+    pub alias_max_len: usize,
+    /// The longest lifetime a link may be given, in seconds.
+    pub max_ttl_secs: u64,
+    pub default_redirect: RedirectStatus,
+}
+
+impl Policy {
+    /// A target URL, normalised (punycode host, percent-encoded path), or why not.
+    pub fn target(&self, raw: &str) -> Result<String, ApiError> {
+        let target = normalize_target(raw).map_err(|e| {
+            let code = match e {
+                LinkError::TargetTooLong(_) => "url_too_long",
+                LinkError::BadScheme(_) => "url_scheme",
+                _ => "invalid_url",
+            };
+            ApiError::invalid(code, e.to_string())
+        })?;
+        let host = url::Url::parse(&target)
+            .ok()
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            })
+            .unwrap_or_default();
+        if self.own_host.as_deref() == Some(host.as_str()) {
+            return Err(ApiError::invalid(
+                "url_loops",
+                "url points at this shortener; a link to a link would loop",
+            ));
+        }
+        if let Some(d) = self.blocked_domains.iter().find(|d| {
+            host == **d
+                || host
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|p| p.ends_with('.'))
+        }) {
+            return Err(ApiError::invalid(
+                "domain_blocked",
+                format!("links to {d} are not accepted"),
+            ));
+        }
+        Ok(target)
+    }
+
+    /// A custom code, or why not.
+    pub fn alias(&self, alias: &str) -> Result<(), ApiError> {
+        match check_code(alias) {
+            Ok(()) => {}
+            Err(CodeError::Reserved(_)) => {
+                return Err(ApiError::invalid(
+                    "alias_reserved",
+                    format!("{alias:?} is reserved for the service itself"),
+                ))
+            }
+            Err(e) => return Err(ApiError::invalid("invalid_alias", e.to_string())),
+        }
+        if !(self.alias_min_len..=self.alias_max_len).contains(&alias.len()) {
+            return Err(ApiError::invalid(
+                "invalid_alias",
+                format!(
+                    "alias must be {}..={} characters",
+                    self.alias_min_len, self.alias_max_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The expiry from `expires_at` or `ttl_seconds` (not both), in the
+    /// future and within `max_ttl_secs`.
+    pub fn expiry(
+        &self,
+        expires_at: Option<&str>,
+        ttl_seconds: Option<u64>,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, ApiError> {
+        let at = match (expires_at, ttl_seconds) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "invalid_expiry",
+                    "give expires_at or ttl_seconds, not both",
+                ))
+            }
+            (None, None) => return Ok(None),
+            (Some(s), None) => parse_rfc3339(s).map_err(|e| {
+                ApiError::invalid(
+                    "invalid_expiry",
+                    format!("expires_at must be RFC 3339 (2026-12-31T23:59:59Z): {e}"),
+                )
+            })?,
+            (None, Some(0)) => {
+                return Err(ApiError::invalid(
+                    "invalid_expiry",
+                    "ttl_seconds must be > 0",
+                ))
+            }
+            (None, Some(ttl)) => {
+                let secs =
+                    i64::try_from(ttl.min(self.max_ttl_secs.saturating_add(1))).unwrap_or(i64::MAX);
+                now + time::Duration::seconds(secs)
+            }
+        };
+        if at <= now {
+            return Err(ApiError::invalid(
+                "invalid_expiry",
+                "the expiry is in the past",
+            ));
+        }
+        let max =
+            now + time::Duration::seconds(i64::try_from(self.max_ttl_secs).unwrap_or(i64::MAX));
+        if at > max {
+            return Err(ApiError::invalid(
+                "invalid_expiry",
+                format!("a link may live at most {} seconds", self.max_ttl_secs),
+            ));
+        }
+        Ok(Some(at))
+    }
+
+    pub fn redirect(&self, code: Option<u16>) -> Result<RedirectStatus, ApiError> {
+        match code {
+            None => Ok(self.default_redirect),
+            Some(c) => RedirectStatus::from_code(c).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_redirect",
+                    format!("redirect must be 301, 302, 307 or 308, not {c}"),
+                )
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgelink_core::link::from_unix;
+
+    fn policy() -> Policy {
+        Policy {
+            own_host: Some("sho.rt".to_owned()),
+            blocked_domains: vec!["evil.example".to_owned()],
+            alias_min_len: 3,
+            alias_max_len: 32,
+            max_ttl_secs: 86_400 * 365,
+            default_redirect: RedirectStatus::Found,
+        }
+    }
+
+    fn code_of(r: Result<impl std::fmt::Debug, ApiError>) -> &'static str {
+        r.unwrap_err().code
+    }
+
+    #[test]
+    fn targets_are_normalised_and_policed() {
+        let p = policy();
+        assert_eq!(
+            p.target("https://Bücher.example/ä").unwrap(),
+            "https://xn--bcher-kva.example/%C3%A4"
+        );
+        assert_eq!(code_of(p.target("ftp://a.example/")), "url_scheme");
+        assert_eq!(code_of(p.target("https://")), "invalid_url");
+        assert_eq!(code_of(p.target("https://a.example/\n")), "invalid_url");
+        assert_eq!(code_of(p.target("https://a.example/ x")), "invalid_url");
+        assert_eq!(
+            code_of(p.target(&format!("https://a.example/{}", "x".repeat(8_200)))),
+            "url_too_long"
+        );
+        assert_eq!(code_of(p.target("https://SHO.RT/abc")), "url_loops");
+        assert_eq!(code_of(p.target("https://sho.rt./abc")), "url_loops");
+        assert_eq!(code_of(p.target("https://evil.example/")), "domain_blocked");
+        assert_eq!(
+            code_of(p.target("https://www.Evil.example/")),
+            "domain_blocked"
+        );
+        assert!(
+            p.target("https://notevil.example/").is_ok(),
+            "only the domain and its subdomains"
+        );
+    }
+
+    #[test]
+    fn aliases_follow_the_code_rules_and_length_bounds() {
+        let p = policy();
+        assert!(p.alias("my-link_1").is_ok());
+        assert_eq!(code_of(p.alias("ab")), "invalid_alias");
+        assert_eq!(code_of(p.alias(&"a".repeat(33))), "invalid_alias");
+        assert_eq!(code_of(p.alias("has space")), "invalid_alias");
+        assert_eq!(code_of(p.alias("ünï")), "invalid_alias");
+        assert_eq!(code_of(p.alias("admin")), "alias_reserved");
+        assert_eq!(code_of(p.alias("HealthZ")), "alias_reserved");
+    }
+
+    #[test]
+    fn expiry_is_one_of_two_forms_in_the_future_and_bounded() {
+        let p = policy();
+        let now = from_unix(1_800_000_000).unwrap();
+        assert_eq!(p.expiry(None, None, now).unwrap(), None);
+        assert_eq!(
+            p.expiry(None, Some(60), now).unwrap(),
+            from_unix(1_800_000_060)
+        );
+        // now is 2027-01-15T08:00:00Z
+        assert_eq!(
+            p.expiry(Some("2027-02-01T00:00:00Z"), None, now).unwrap(),
+            Some(parse_rfc3339("2027-02-01T00:00:00Z").unwrap())
+        );
+        assert_eq!(
+            code_of(p.expiry(Some("2027-01-15T08:00:00Z"), None, now)),
+            "invalid_expiry"
+        );
+        assert_eq!(
+            code_of(p.expiry(Some("2027-02-01T00:00:00Z"), Some(5), now)),
+            "invalid_expiry"
+        );
+        assert_eq!(
+            code_of(p.expiry(Some("tomorrow"), None, now)),
+            "invalid_expiry"
+        );
+        assert_eq!(
+            code_of(p.expiry(Some("2020-01-01T00:00:00Z"), None, now)),
+            "invalid_expiry"
+        );
+        assert_eq!(code_of(p.expiry(None, Some(0), now)), "invalid_expiry");
+        assert_eq!(
+            code_of(p.expiry(None, Some(86_400 * 366), now)),
+            "invalid_expiry"
+        );
+        assert_eq!(
+            code_of(p.expiry(None, Some(u64::MAX), now)),
+            "invalid_expiry"
+        );
+    }
+
+    #[test]
+    fn redirects_are_the_four_statuses() {
+        let p = policy();
+        assert_eq!(p.redirect(None).unwrap(), RedirectStatus::Found);
+        assert_eq!(
+            p.redirect(Some(308)).unwrap(),
+            RedirectStatus::PermanentRedirect
+        );
+        for bad in [200, 300, 303, 404] {
+            assert_eq!(code_of(p.redirect(Some(bad))), "invalid_redirect");
+        }
+    }
+
+    #[test]
+    fn patch_tells_null_from_absent() {
+        let u: UpdateLink = serde_json::from_str(r#"{"expires_at": null}"#).unwrap();
+        assert_eq!(u.expires_at, Some(None));
+        let u: UpdateLink = serde_json::from_str(r#"{"disabled": true}"#).unwrap();
+        assert_eq!(u.expires_at, None);
+        assert!(serde_json::from_str::<UpdateLink>(r#"{"color": 1}"#).is_err());
+        assert!(serde_json::from_str::<CreateLink>(r#"{"url": "x", "colour": 1}"#).is_err());
+    }
+}

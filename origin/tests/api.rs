@@ -1,0 +1,562 @@
+//! The creation API against the real PostgreSQL (a fresh database per test):
+//! the CRUD round trip, aliases, Idempotency-Key, API keys, every validation
+//! rule, an empty key pool, and eight origins creating links at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edgelink_core::config::Config;
+use edgelink_core::shutdown::CancellationToken;
+use edgelink_core::store::postgres::PgStore;
+use edgelink_core::testing::TestDb;
+use edgelink_core::LinkStore;
+use edgelink_keypool::metrics::KeypoolMetrics;
+use edgelink_keypool::postgres::PgPool;
+use edgelink_keypool::Keypool;
+use edgelink_origin::api::Api;
+use edgelink_origin::store::{OriginStore, PgOrigin};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+struct Env {
+    /// Kept for its Drop: the database goes with the test.
+    _db: TestDb,
+    config: Config,
+    links: Arc<dyn LinkStore>,
+    key: String,
+}
+
+async fn env() -> Env {
+    let db = TestDb::create().await;
+    let mut config = Config::default();
+    config.postgres.url = Some(db.url.clone());
+    config.postgres.timeout_ms = 10_000;
+    config.origin.public_url = "https://sho.rt".to_owned();
+    config.origin.blocked_domains = vec!["blocked.example".to_owned()];
+    config.keypool.low_watermark = 0;
+    config.keypool.high_watermark = 100_000;
+    config.keypool.batch_size = 25_000;
+    let pg = PgStore::connect(&config.postgres).await.unwrap();
+    pg.migrate().await.unwrap();
+    let (key, prefix, hash) = edgelink_origin::apikey::generate();
+    PgOrigin::connect(&config.postgres)
+        .unwrap()
+        .add_api_key("tests", &prefix, hash)
+        .await
+        .unwrap();
+    Env {
+        links: Arc::new(pg),
+        _db: db,
+        config,
+        key,
+    }
+}
+
+async fn fill(env: &Env, n: u64) {
+    let pool = keypool(env).await;
+    pool.refiller.request(n);
+    pool.refiller.tick(&CancellationToken::new()).await.unwrap();
+}
+
+async fn keypool(env: &Env) -> Keypool {
+    let store = Arc::new(PgPool::connect(&env.config.postgres).unwrap());
+    Keypool::open(store, &env.config, KeypoolMetrics::noop())
+        .await
+        .unwrap()
+}
+
+/// One origin: its own connection pools and key lease.
+async fn origin(env: &Env) -> Api {
+    let pool = keypool(env).await;
+    edgelink_origin::build(
+        &env.config,
+        env.links.clone(),
+        None,
+        Arc::new(PgOrigin::connect(&env.config.postgres).unwrap()),
+        pool.leaser(env.config.keypool.lease_batch),
+        Arc::new(edgelink_origin::TtlOnly),
+    )
+    .await
+    .unwrap()
+}
+
+fn auth(key: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+    );
+    h
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn call(api: &Api, method: Method, target: &str, headers: &HeaderMap, body: &str) -> Reply {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let resp = api
+        .handle(
+            &method,
+            path,
+            query,
+            headers,
+            Full::new(Bytes::from(body.to_owned())),
+        )
+        .await;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn create(api: &Api, key: &str, body: Value) -> Reply {
+    call(
+        api,
+        Method::POST,
+        "/api/v1/links",
+        &auth(key),
+        &body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn create_read_change_delete_and_list() {
+    let env = env().await;
+    fill(&env, 1_000).await;
+    let api = origin(&env).await;
+
+    let r = create(
+        &api,
+        &env.key,
+        json!({"url": "https://example.com/a", "ttl_seconds": 3600}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let code = r.body["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 7);
+    assert_eq!(r.body["short_url"], format!("https://sho.rt/{code}"));
+    assert_eq!(
+        r.headers[http::header::LOCATION],
+        format!("https://sho.rt/{code}").as_str()
+    );
+    assert_eq!(r.body["url"], "https://example.com/a");
+    assert_eq!(r.body["redirect"], 302);
+    assert!(r.body["expires_at"].is_string());
+    assert!(r.body["created_at"].as_str().unwrap().ends_with('Z'));
+    let stored = env
+        .links
+        .get(&code)
+        .await
+        .unwrap()
+        .expect("committed before the 201");
+    assert_eq!(stored.target, "https://example.com/a");
+
+    let got = call(
+        &api,
+        Method::GET,
+        &format!("/api/v1/links/{code}"),
+        &auth(&env.key),
+        "",
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body, r.body);
+
+    let patched = call(
+        &api,
+        Method::PATCH,
+        &format!("/api/v1/links/{code}"),
+        &auth(&env.key),
+        r#"{"url": "https://example.com/b", "redirect": 301, "expires_at": null}"#,
+    )
+    .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["url"], "https://example.com/b");
+    assert_eq!(patched.body["redirect"], 301);
+    assert!(patched.body["expires_at"].is_null());
+    let disabled = call(
+        &api,
+        Method::PATCH,
+        &format!("/api/v1/links/{code}"),
+        &auth(&env.key),
+        r#"{"disabled": true}"#,
+    )
+    .await;
+    assert_eq!(disabled.body["disabled"], true);
+    assert_eq!(
+        disabled.body["url"], "https://example.com/b",
+        "fields left out stay"
+    );
+
+    for i in 0..5 {
+        let r = create(
+            &api,
+            &env.key,
+            json!({"url": format!("https://example.com/{i}")}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let target = match &cursor {
+            Some(c) => format!("/api/v1/links?limit=2&cursor={c}"),
+            None => "/api/v1/links?limit=2".to_owned(),
+        };
+        let page = call(&api, Method::GET, &target, &auth(&env.key), "").await;
+        assert_eq!(page.status, StatusCode::OK);
+        for l in page.body["links"].as_array().unwrap() {
+            seen.push(l["code"].as_str().unwrap().to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages come in code order");
+
+    let del = call(
+        &api,
+        Method::DELETE,
+        &format!("/api/v1/links/{code}"),
+        &auth(&env.key),
+        "",
+    )
+    .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    let gone = call(
+        &api,
+        Method::GET,
+        &format!("/api/v1/links/{code}"),
+        &auth(&env.key),
+        "",
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(gone.body["error"]["code"], "not_found");
+    let again = call(
+        &api,
+        Method::DELETE,
+        &format!("/api/v1/links/{code}"),
+        &auth(&env.key),
+        "",
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert!(
+        env.links.get(&code).await.unwrap().unwrap().disabled,
+        "the edge answers 410"
+    );
+}
+
+#[tokio::test]
+async fn aliases_are_taken_once() {
+    let env = env().await;
+    let api = origin(&env).await;
+    let r = create(
+        &api,
+        &env.key,
+        json!({"url": "https://example.com/", "alias": "launch-2026", "redirect": 308}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["code"], "launch-2026");
+    assert_eq!(r.body["redirect"], 308);
+    let again = create(
+        &api,
+        &env.key,
+        json!({"url": "https://example.com/other", "alias": "launch-2026"}),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.body["error"]["code"], "alias_taken");
+    let stored = env.links.get("launch-2026").await.unwrap().unwrap();
+    assert_eq!(
+        stored.target, "https://example.com/",
+        "the first link is untouched"
+    );
+}
+
+#[tokio::test]
+async fn idempotency_key_makes_retries_safe() {
+    let env = env().await;
+    fill(&env, 1_000).await;
+    let api = Arc::new(origin(&env).await);
+    let mut headers = auth(&env.key);
+    headers.insert("idempotency-key", HeaderValue::from_static("order-1234"));
+    let body = json!({"url": "https://example.com/once"}).to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (api, headers, body) = (api.clone(), headers.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            call(&api, Method::POST, "/api/v1/links", &headers, &body).await
+        }));
+    }
+    let mut codes = HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == StatusCode::CREATED {
+            codes.insert(r.body["code"].as_str().unwrap().to_owned());
+        } else {
+            // Only a retry that raced the first one's commit may be told to retry.
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        }
+    }
+    let r = call(&api, Method::POST, "/api/v1/links", &headers, &body).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    codes.insert(r.body["code"].as_str().unwrap().to_owned());
+    assert_eq!(codes.len(), 1, "one link for one key: {codes:?}");
+    let all = env.links.list(None, 1_000).await.unwrap();
+    assert_eq!(all.len(), 1, "and only one was written");
+
+    let other = json!({"url": "https://example.com/different"}).to_string();
+    let r = call(&api, Method::POST, "/api/v1/links", &headers, &other).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["code"], "idempotency_key_reused");
+}
+
+#[tokio::test]
+async fn api_keys_are_required_and_revocable() {
+    let env = env().await;
+    let api = origin(&env).await;
+    let body = json!({"url": "https://example.com/", "alias": "needs-key"}).to_string();
+    for headers in [
+        HeaderMap::new(),
+        auth("el_0000000000000000000000000000000000000000"),
+        auth("short"),
+    ] {
+        let r = call(&api, Method::POST, "/api/v1/links", &headers, &body).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.body["error"]["code"], "unauthorized");
+        let r = call(&api, Method::GET, "/api/v1/links", &headers, "").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    assert!(env.links.get("needs-key").await.unwrap().is_none());
+
+    let store = PgOrigin::connect(&env.config.postgres).unwrap();
+    let prefix = edgelink_origin::apikey::prefix(&env.key)
+        .unwrap()
+        .to_owned();
+    assert!(store.revoke_api_key(&prefix).await.unwrap());
+    let fresh = origin(&env).await; // no key cached yet
+    let r = call(
+        &fresh,
+        Method::POST,
+        "/api/v1/links",
+        &auth(&env.key),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "a revoked key is refused"
+    );
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_a_4xx_and_writes_nothing() {
+    let env = env().await;
+    fill(&env, 100).await;
+    let api = origin(&env).await;
+    let long = format!("https://example.com/{}", "x".repeat(8_200));
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        (json!({"url": "ftp://example.com/"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "url_scheme"),
+        (json!({"url": "javascript:alert(1)"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "url_scheme"),
+        (json!({"url": "https://"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_url"),
+        (json!({"url": "/relative"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_url"),
+        (json!({"url": "https://example.com/\r\nSet-Cookie: a=b"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_url"),
+        (json!({"url": "https://example.com/a b"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_url"),
+        (json!({"url": long}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "url_too_long"),
+        (json!({"url": "https://sho.rt/abc"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "url_loops"),
+        (json!({"url": "https://www.blocked.example/"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "domain_blocked"),
+        (json!({"url": "https://example.com/", "alias": "a b"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_alias"),
+        (json!({"url": "https://example.com/", "alias": "ab"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_alias"),
+        (json!({"url": "https://example.com/", "alias": "x".repeat(65)}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_alias"),
+        (json!({"url": "https://example.com/", "alias": "metrics"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "alias_reserved"),
+        (json!({"url": "https://example.com/", "redirect": 303}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_redirect"),
+        (json!({"url": "https://example.com/", "expires_at": "2001-01-01T00:00:00Z"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_expiry"),
+        (json!({"url": "https://example.com/", "expires_at": "soon"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_expiry"),
+        (json!({"url": "https://example.com/", "ttl_seconds": 0}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_expiry"),
+        (json!({"url": "https://example.com/", "ttl_seconds": 60, "expires_at": "2099-01-01T00:00:00Z"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_expiry"),
+        (json!({"url": "https://example.com/", "colour": "red"}).to_string(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (json!({"alias": "no-url"}).to_string(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (json!({"url": 5}).to_string(), StatusCode::BAD_REQUEST, "invalid_json"),
+        ("{\"url\": ".to_owned(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (format!("{{\"url\": \"https://example.com/\", \"pad\": \"{}\"}}", "x".repeat(20_000)), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+    ];
+    for (body, status, code) in &cases {
+        let r = call(&api, Method::POST, "/api/v1/links", &auth(&env.key), body).await;
+        assert_eq!(r.status, *status, "{body:.80}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], *code, "{body:.80}");
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    assert!(
+        env.links.list(None, 10).await.unwrap().is_empty(),
+        "nothing was written"
+    );
+
+    // IDN hosts become punycode; non-ASCII path bytes are percent-encoded.
+    let r = create(
+        &api,
+        &env.key,
+        json!({"url": "https://bücher.example/straße"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["url"], "https://xn--bcher-kva.example/stra%C3%9Fe");
+
+    let mut bad_idem = auth(&env.key);
+    bad_idem.insert("idempotency-key", HeaderValue::from_static(""));
+    let r = call(
+        &api,
+        Method::POST,
+        "/api/v1/links",
+        &bad_idem,
+        r#"{"url": "https://example.com/"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = call(
+        &api,
+        Method::GET,
+        "/api/v1/links?limit=0",
+        &auth(&env.key),
+        "",
+    )
+    .await;
+    assert_eq!(r.body["error"]["code"], "invalid_limit");
+    let r = call(
+        &api,
+        Method::PATCH,
+        "/api/v1/links/unknown-code",
+        &auth(&env.key),
+        r#"{"disabled": true}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(&api, Method::PUT, "/api/v1/links", &auth(&env.key), "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn an_empty_pool_is_503_with_retry_after_never_a_duplicate() {
+    let env = env().await;
+    fill(&env, 3).await;
+    let mut config = env.config.clone();
+    config.keypool.lease_batch = 2;
+    let env = Env { config, ..env };
+    let api = origin(&env).await;
+    let mut codes = HashSet::new();
+    let mut unavailable = 0;
+    for i in 0..6 {
+        let r = create(
+            &api,
+            &env.key,
+            json!({"url": format!("https://example.com/{i}")}),
+        )
+        .await;
+        match r.status {
+            StatusCode::CREATED => {
+                assert!(codes.insert(r.body["code"].as_str().unwrap().to_owned()))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                unavailable += 1;
+                assert_eq!(r.body["error"]["code"], "keys_exhausted");
+                assert!(r.headers.contains_key(http::header::RETRY_AFTER));
+            }
+            other => panic!("{other}: {}", r.body),
+        }
+    }
+    assert_eq!(codes.len(), 3, "every pool key used once");
+    assert_eq!(unavailable, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_origins_create_twenty_thousand_links_without_a_duplicate() {
+    let env = env().await;
+    let mut config = env.config.clone();
+    config.keypool.low_watermark = 5_000;
+    config.keypool.high_watermark = 15_000;
+    config.keypool.batch_size = 5_000;
+    config.keypool.lease_batch = 500;
+    let env = Arc::new(Env { config, ..env });
+    // The pool starts at its high watermark, below what the origins need:
+    // the refiller must top it up under load.
+    let pool = keypool(&env).await;
+    pool.refiller.tick(&CancellationToken::new()).await.unwrap();
+    assert_eq!(pool.store.free().await.unwrap(), 15_000);
+    let stop = CancellationToken::new();
+    let refiller = tokio::spawn(pool.refiller.clone().run(stop.clone()));
+    let mut tasks = Vec::new();
+    for o in 0..8 {
+        let env = env.clone();
+        tasks.push(tokio::spawn(async move {
+            let api = origin(&env).await;
+            let mut codes = Vec::new();
+            for i in 0..2_500 {
+                let r = create(
+                    &api,
+                    &env.key,
+                    json!({"url": format!("https://example.com/{o}/{i}")}),
+                )
+                .await;
+                assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+                codes.push((
+                    r.body["code"].as_str().unwrap().to_owned(),
+                    format!("https://example.com/{o}/{i}"),
+                ));
+            }
+            codes
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    stop.cancel();
+    refiller.await.unwrap();
+    let distinct: HashSet<&String> = all.iter().map(|(c, _)| c).collect();
+    assert_eq!(all.len(), 20_000);
+    assert_eq!(distinct.len(), 20_000, "no code was given twice");
+    for (code, url) in all.iter().step_by(97) {
+        let link = env
+            .links
+            .get(code)
+            .await
+            .unwrap()
+            .expect("every 201 is stored");
+        assert_eq!(&link.target, url);
+    }
+    let counts = pool.store.counts().await.unwrap();
+    assert!(
+        counts.generated >= 20_000,
+        "the pool was refilled under load: {counts:?}"
+    );
+    drop(env);
+}
