@@ -23,6 +23,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use crate::apikey::Keys;
 use crate::error::ApiError;
@@ -34,6 +35,12 @@ pub const PREFIX: &str = "/api/v1/";
 
 /// How long a creation waits for keys when the in-memory lease is empty.
 const KEY_WAIT: Duration = Duration::from_secs(2);
+
+/// Most links one batch may create.
+pub const MAX_BATCH: usize = 1_000;
+
+/// Largest body of a batch (a thousand links of up to 8 KiB each fit).
+const MAX_BATCH_BODY: usize = 10 * 1024 * 1024;
 
 /// Pool keys tried per creation when a key turns out to be taken already
 /// (by an alias or an import that happened to spell it).
@@ -104,6 +111,23 @@ impl Api {
                 let request = idem.map(|_| request_digest(method, path, &body));
                 self.create(key_id, req, idem.zip(request)).await
             }
+            (&Method::POST, ["links", "batch"]) => {
+                if headers.contains_key("idempotency-key") {
+                    return Err(ApiError::bad_request(
+                        "idempotency_unsupported",
+                        "Idempotency-Key is not supported on batches; create the links one by one to use it",
+                    ));
+                }
+                let body = self.read_within(body, MAX_BATCH_BODY).await?;
+                let req: BatchCreate = parse(&body)?;
+                if req.links.is_empty() || req.links.len() > MAX_BATCH {
+                    return Err(ApiError::invalid(
+                        "invalid_batch",
+                        format!("a batch holds 1..={MAX_BATCH} links"),
+                    ));
+                }
+                self.batch(req.links).await
+            }
             (&Method::GET, ["links"]) => self.list(query).await,
             (&Method::GET, ["links", code]) => {
                 let link = self
@@ -140,12 +164,20 @@ impl Api {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match Limited::new(body, self.max_body_bytes).collect().await {
+        self.read_within(body, self.max_body_bytes).await
+    }
+
+    async fn read_within<B>(&self, body: B, limit: usize) -> Result<Bytes, ApiError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match Limited::new(body, limit).collect().await {
             Ok(b) => Ok(b.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                format!("the body must be at most {} bytes", self.max_body_bytes),
+                format!("the body must be at most {limit} bytes"),
             )),
             Err(_) => Err(ApiError::bad_request(
                 "bad_body",
@@ -154,13 +186,8 @@ impl Api {
         }
     }
 
-    async fn create(
-        &self,
-        key_id: i64,
-        req: CreateLink,
-        idem: Option<(&str, [u8; 32])>,
-    ) -> Result<Response<Body>, ApiError> {
-        let created_at = now();
+    /// Checks a creation request; the link it describes, minus its code.
+    fn validate(&self, req: &CreateLink, created_at: OffsetDateTime) -> Result<Link, ApiError> {
         let target = self.policy.target(&req.url)?;
         let expires_at =
             self.policy
@@ -169,6 +196,29 @@ impl Api {
         if let Some(alias) = &req.alias {
             self.policy.alias(alias)?;
         }
+        Ok(Link {
+            code: String::new(),
+            target,
+            redirect,
+            created_at,
+            expires_at,
+            disabled: false,
+        })
+    }
+
+    async fn create(
+        &self,
+        key_id: i64,
+        req: CreateLink,
+        idem: Option<(&str, [u8; 32])>,
+    ) -> Result<Response<Body>, ApiError> {
+        let Link {
+            target,
+            redirect,
+            created_at,
+            expires_at,
+            ..
+        } = self.validate(&req, now())?;
         let build = |code: &str| Link {
             code: code.to_owned(),
             target: target.clone(),
@@ -286,6 +336,76 @@ impl Api {
         }
     }
 
+    /// Up to [`MAX_BATCH`] creations, written in one transaction; each item
+    /// gets its own result (201 with the link, or its error), in order.
+    async fn batch(&self, items: Vec<CreateLink>) -> Result<Response<Body>, ApiError> {
+        let created_at = now();
+        let mut results: Vec<Option<Value>> = vec![None; items.len()];
+        let mut pending: Vec<(usize, Link, bool)> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let mut link = match self.validate(item, created_at) {
+                Ok(l) => l,
+                Err(e) => {
+                    results[i] = Some(item_error(i, &e));
+                    continue;
+                }
+            };
+            let from_pool = item.alias.is_none();
+            link.code = match &item.alias {
+                Some(a) => a.clone(),
+                None => match self.key().await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        results[i] = Some(item_error(i, &e));
+                        continue;
+                    }
+                },
+            };
+            pending.push((i, link, from_pool));
+        }
+        let links: Vec<Link> = pending.iter().map(|(_, l, _)| l.clone()).collect();
+        let report = match self.links.insert_links(&links).await {
+            Ok(r) => r,
+            Err(e) => {
+                for (_, link, from_pool) in pending {
+                    if from_pool {
+                        self.leaser.give_back(link.code);
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        let taken: std::collections::HashSet<usize> = report.existing.into_iter().collect();
+        for (j, (i, link, from_pool)) in pending.into_iter().enumerate() {
+            results[i] = Some(if !taken.contains(&j) {
+                self.write_through(&link).await;
+                json!({ "index": i, "status": 201, "link": self.view(&link) })
+            } else if from_pool {
+                // A pool key already spelled by an alias or import: this
+                // one item goes through the single-link path's retries.
+                match self.create(0, items[i].clone(), None).await {
+                    Ok(resp) => json!({ "index": i, "status": 201, "link": body_json(resp).await }),
+                    Err(e) => item_error(i, &e),
+                }
+            } else {
+                let e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "alias_taken",
+                    format!("{:?} is taken", link.code),
+                );
+                item_error(i, &e)
+            });
+        }
+        let results: Vec<Value> = results
+            .into_iter()
+            .map(|r| r.unwrap_or(Value::Null))
+            .collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "results": results }),
+        ))
+    }
+
     async fn update(&self, code: &str, req: UpdateLink) -> Result<Response<Body>, ApiError> {
         let target = req
             .url
@@ -380,6 +500,28 @@ impl Api {
             resp.headers_mut().insert(LOCATION, v);
         }
         resp
+    }
+}
+
+/// `POST /api/v1/links/batch`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchCreate {
+    links: Vec<CreateLink>,
+}
+
+fn item_error(index: usize, e: &ApiError) -> Value {
+    json!({
+        "index": index,
+        "status": e.status.as_u16(),
+        "error": { "code": e.code, "message": e.message },
+    })
+}
+
+async fn body_json(resp: Response<Body>) -> Value {
+    match resp.into_body().collect().await {
+        Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null),
+        Err(never) => match never {},
     }
 }
 

@@ -560,3 +560,76 @@ async fn eight_origins_create_twenty_thousand_links_without_a_duplicate() {
     );
     drop(env);
 }
+
+#[tokio::test]
+async fn a_batch_answers_each_item_in_order() {
+    let env = env().await;
+    fill(&env, 1_000).await;
+    let api = origin(&env).await;
+    let body = json!({"links": [
+        {"url": "https://example.com/1"},
+        {"url": "https://example.com/2", "alias": "batch-alias"},
+        {"url": "ftp://example.com/3"},
+        {"url": "https://example.com/4", "alias": "batch-alias"},
+        {"url": "https://example.com/5", "ttl_seconds": 60},
+    ]});
+    let r = call(
+        &api,
+        Method::POST,
+        "/api/v1/links/batch",
+        &auth(&env.key),
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let results = r.body["results"].as_array().unwrap();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|x| x["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 201, 422, 409, 201]);
+    for (i, x) in results.iter().enumerate() {
+        assert_eq!(x["index"], i);
+    }
+    assert_eq!(results[1]["link"]["code"], "batch-alias");
+    assert_eq!(results[2]["error"]["code"], "url_scheme");
+    assert_eq!(results[3]["error"]["code"], "alias_taken");
+    for i in [0, 4] {
+        let code = results[i]["link"]["code"].as_str().unwrap();
+        assert_eq!(
+            env.links.get(code).await.unwrap().unwrap().target,
+            format!("https://example.com/{}", i + 1)
+        );
+    }
+    assert_eq!(
+        env.links.get("batch-alias").await.unwrap().unwrap().target,
+        "https://example.com/2"
+    );
+
+    let too_many: Vec<Value> = (0..1_001)
+        .map(|i| json!({"url": format!("https://example.com/{i}")}))
+        .collect();
+    for bad in [json!({"links": []}), json!({"links": too_many})] {
+        let r = call(
+            &api,
+            Method::POST,
+            "/api/v1/links/batch",
+            &auth(&env.key),
+            &bad.to_string(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(r.body["error"]["code"], "invalid_batch");
+    }
+    let mut idem = auth(&env.key);
+    idem.insert("idempotency-key", HeaderValue::from_static("k"));
+    let r = call(
+        &api,
+        Method::POST,
+        "/api/v1/links/batch",
+        &idem,
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
