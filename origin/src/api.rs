@@ -36,6 +36,21 @@ pub const PREFIX: &str = "/api/v1/";
 /// How long a creation waits for keys when the in-memory lease is empty.
 const KEY_WAIT: Duration = Duration::from_secs(2);
 
+/// The OpenAPI 3 document of these routes (checked against them by a test).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Every route this module answers, as (method, path template), for the
+/// OpenAPI test.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/links"),
+    ("GET", "/api/v1/links"),
+    ("POST", "/api/v1/links/batch"),
+    ("GET", "/api/v1/links/{code}"),
+    ("PATCH", "/api/v1/links/{code}"),
+    ("DELETE", "/api/v1/links/{code}"),
+    ("GET", "/api/v1/openapi.json"),
+];
+
 /// Most links one batch may create.
 pub const MAX_BATCH: usize = 1_000;
 
@@ -100,6 +115,9 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let rest = path.strip_prefix(PREFIX).ok_or_else(route_not_found)?;
+        if (method, rest) == (&Method::GET, "openapi.json") {
+            return Ok(json_text(StatusCode::OK, OPENAPI));
+        }
         let segments: Vec<&str> = rest.split('/').collect();
         // Authenticate before reading a body or touching storage.
         let key_id = self.keys.check(headers).await?;
@@ -563,7 +581,11 @@ fn request_digest(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Bytes::from(value.to_string())));
+    json_text(status, value.to_string())
+}
+
+fn json_text(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Body::new(text.into()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

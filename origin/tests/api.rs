@@ -633,3 +633,58 @@ async fn a_batch_answers_each_item_in_order() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
+
+/// The OpenAPI document and the routes agree: every documented operation is
+/// answered (not "no such route", not 405), and every route is documented.
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let env = env().await;
+    let api = origin(&env).await;
+    let doc = call(
+        &api,
+        Method::GET,
+        "/api/v1/openapi.json",
+        &HeaderMap::new(),
+        "",
+    )
+    .await;
+    assert_eq!(doc.status, StatusCode::OK, "served without a key");
+    let doc = doc.body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = HashSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "patch", "delete", "put"] {
+            if item.get(method).is_some() {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let routes: HashSet<(String, String)> = edgelink_origin::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, routes, "documented vs routed");
+    for (method, path) in &documented {
+        let concrete = path.replace("{code}", "some-code");
+        let r = call(
+            &api,
+            method.parse().unwrap(),
+            &concrete,
+            &auth(&env.key),
+            "{}",
+        )
+        .await;
+        assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_ne!(r.body["error"]["code"], "no_route", "{method} {path}");
+    }
+    // And an undocumented one is not answered.
+    let r = call(
+        &api,
+        Method::PUT,
+        "/api/v1/links/some-code",
+        &auth(&env.key),
+        "{}",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
