@@ -11,6 +11,7 @@
 # Knobs: BENCH_KEYS, BENCH_BATCH, BENCH_ROUNDS, BENCH_POSTGRES_URL (admin URL;
 # a database edgelink_bench_keys is recreated each round).
 set -euo pipefail
+export PGOPTIONS=--client-min-messages=warning
 cd "$(dirname "$0")/.."
 KEYS=${BENCH_KEYS:-1000000}
 BATCH=${BENCH_BATCH:-100000}
