@@ -37,6 +37,7 @@ fn free_addr() -> SocketAddr {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl Server {
@@ -56,7 +57,7 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not start on {addr}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Server { child, addr }
+        Server { child, addr, admin }
     }
 
     /// SIGTERM, then the exit status.
@@ -189,6 +190,26 @@ fn readme_create_a_link_with_the_api_and_follow_it() {
         r#"{"url": "https://example.com/"}"#,
     );
     assert_eq!(status, 401, "no key, no link");
+    // The key pool's admin endpoint is on serve's admin listener.
+    let token = Some("serve-admin-token-0123456789");
+    let (status, body) = request(server.admin, "GET", "/admin/keypool", token, "");
+    assert_eq!(status, 200, "{body}");
+    let pool: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(pool["backend"], "sqlite");
+    assert!(pool["leased"].as_u64().unwrap() >= 1, "{pool}");
+    assert_eq!(
+        request(server.admin, "GET", "/admin/keypool", None, "").0,
+        401
+    );
+    let (_, metrics) = request(server.admin, "GET", "/metrics", None, "");
+    assert!(
+        metrics.contains("edgelink_http_requests_total"),
+        "the edge's metrics"
+    );
+    assert!(
+        metrics.contains("edgelink_keypool_free_keys"),
+        "and the key pool's"
+    );
     let revoked = run(edgelink()
         .args(["apikey", "revoke", &key, "--sqlite"])
         .arg(&db));
@@ -371,7 +392,11 @@ fn keypool_role_fills_the_pool_and_serves_its_admin_endpoint() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server { child, addr: admin };
+    let server = Server {
+        child,
+        addr: admin,
+        admin,
+    };
     let status = wait_for_free(admin, token, 3000);
     assert_eq!(status["backend"], "postgres");
     assert_eq!(status["high_watermark"], 3000);
