@@ -722,3 +722,30 @@ async fn the_openapi_document_matches_the_routes() {
     .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn a_bootstrap_api_key_is_registered_at_start_up() {
+    let env = env().await;
+    let (key, _, _) = edgelink_origin::apikey::generate();
+    let mut config = env.config.clone();
+    config.bootstrap.api_key = Some(key.clone());
+    let env = Env { config, ..env };
+    let api = origin(&env).await; // registers it
+    let r = call(&api, Method::GET, "/api/v1/links", &auth(&key), "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let _again = origin(&env).await; // a restart registers it again, harmlessly
+
+    let mut bad = env.config.clone();
+    bad.bootstrap.api_key = Some("not-a-key".to_owned());
+    let pool = keypool(&env).await;
+    let built = edgelink_origin::build(
+        &bad,
+        env.links.clone(),
+        None,
+        Arc::new(PgOrigin::connect(&env.config.postgres).unwrap()),
+        pool.leaser(10),
+        Arc::new(edgelink_origin::TtlOnly),
+    )
+    .await;
+    assert!(built.is_err(), "a malformed bootstrap key stops start-up");
+}
