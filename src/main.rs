@@ -229,6 +229,17 @@ fn apply_listen(config: &mut Config, listen: &Listen) {
     }
 }
 
+fn apply_distributed(config: &mut Config, listen: &Listen, d: &Distributed) -> StorageMode {
+    apply_listen(config, listen);
+    if let Some(u) = &d.postgres_url {
+        config.postgres.url = Some(u.clone());
+    }
+    if let Some(u) = &d.redis_url {
+        config.redis.url = Some(u.clone());
+    }
+    StorageMode::Distributed
+}
+
 fn apply_store(config: &mut Config, store: &StoreArgs) -> StorageMode {
     if let Some(p) = &store.sqlite {
         config.sqlite.path = p.clone();
@@ -296,16 +307,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             listen,
             distributed,
         } => {
-            let (config, _) = load(&common, |c| {
-                apply_listen(c, &listen);
-                if let Some(u) = &distributed.postgres_url {
-                    c.postgres.url = Some(u.clone());
-                }
-                if let Some(u) = &distributed.redis_url {
-                    c.redis.url = Some(u.clone());
-                }
-                StorageMode::Distributed
-            })?;
+            let (config, _) = load(&common, |c| apply_distributed(c, &listen, &distributed))?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
             }
@@ -335,16 +337,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             listen,
             distributed,
         } => {
-            let (config, _) = load(&common, |c| {
-                apply_listen(c, &listen);
-                if let Some(u) = &distributed.postgres_url {
-                    c.postgres.url = Some(u.clone());
-                }
-                if let Some(u) = &distributed.redis_url {
-                    c.redis.url = Some(u.clone());
-                }
-                StorageMode::Distributed
-            })?;
+            let (config, _) = load(&common, |c| apply_distributed(c, &listen, &distributed))?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
             }

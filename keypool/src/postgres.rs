@@ -57,11 +57,8 @@ impl PgPool {
     /// from edgelink-core's migrations (`edgelink migrate`, or any role's
     /// start-up).
     pub fn connect(config: &PostgresConfig) -> Result<PgPool, StoreError> {
-        let pg = edgelink_core::store::postgres::client_config(config)?;
-        let pool = edgelink_core::store::pool_builder(config.pool_size, config.connect_timeout_ms)
-            .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
         Ok(PgPool {
-            pool,
+            pool: edgelink_core::store::postgres::plain_pool(config)?,
             timeout: Duration::from_millis(config.timeout_ms),
         })
     }

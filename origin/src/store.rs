@@ -71,11 +71,8 @@ pub struct PgOrigin {
 
 impl PgOrigin {
     pub fn connect(config: &PostgresConfig) -> Result<PgOrigin, StoreError> {
-        let pg = edgelink_core::store::postgres::client_config(config)?;
-        let pool = edgelink_core::store::pool_builder(config.pool_size, config.connect_timeout_ms)
-            .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
         Ok(PgOrigin {
-            pool,
+            pool: edgelink_core::store::postgres::plain_pool(config)?,
             timeout: Duration::from_millis(config.timeout_ms),
         })
     }

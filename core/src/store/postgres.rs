@@ -104,6 +104,19 @@ pub fn client_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, 
     Ok(pg)
 }
 
+/// A plain pooled `tokio_postgres::Client` for the other crates' tables (key
+/// pool, API keys), with the same pool policy and URL handling as the link
+/// store; connections open lazily.
+pub fn plain_pool(
+    config: &PostgresConfig,
+) -> Result<bb8::Pool<PostgresConnectionManager<NoTls>>, StoreError> {
+    let pg = client_config(config)?;
+    Ok(
+        super::pool_builder(config.pool_size, config.connect_timeout_ms)
+            .build_unchecked(PostgresConnectionManager::new(pg, NoTls)),
+    )
+}
+
 impl PgStore {
     /// Builds the pool. Connections open lazily, so this succeeds while the
     /// server is down; call [`PgStore::migrate`] to require it up.
