@@ -51,6 +51,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/openapi.json"),
 ];
 
+/// Age after which an Idempotency-Key binding without its link is taken to
+/// belong to a request that died (twice the longest storage budget).
+const ORPHANED_AFTER_SECS: i64 = 120;
+
 /// Most links one batch may create.
 pub const MAX_BATCH: usize = 1_000;
 
@@ -263,7 +267,7 @@ impl Api {
                             "this Idempotency-Key was used for a different request",
                         ));
                     }
-                    return self.replay(build(&earlier.code)).await;
+                    return self.replay(build(&earlier.code), earlier.age_secs).await;
                 }
             }
             let link = build(&code);
@@ -297,11 +301,26 @@ impl Api {
         ))
     }
 
-    /// The link an earlier request with the same Idempotency-Key created;
-    /// if that request never got to write it, written now with its code.
-    async fn replay(&self, wanted: Link) -> Result<Response<Body>, ApiError> {
+    /// The link an earlier request with the same Idempotency-Key created.
+    /// While that request may still be running it is the only one that
+    /// writes the link (a retry that wrote it too would make the first one
+    /// see its code taken and move on to another: two links for one key),
+    /// so a retry gets 503 until the link is there. Only a binding older
+    /// than [`ORPHANED_AFTER_SECS`], whose request must have died between
+    /// binding and writing, is completed by the retry.
+    async fn replay(&self, wanted: Link, age_secs: i64) -> Result<Response<Body>, ApiError> {
         if let Some(link) = self.links.find(&wanted.code).await? {
             return Ok(self.created(&link));
+        }
+        if age_secs < ORPHANED_AFTER_SECS {
+            return Err(ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "idempotency_in_progress",
+                    "an earlier request with this Idempotency-Key is still being processed",
+                )
+            });
         }
         let report = self
             .links

@@ -21,6 +21,8 @@ pub type Digest = [u8; 32];
 pub struct Binding {
     pub request: Digest,
     pub code: String,
+    /// How long ago the binding was made, in whole seconds.
+    pub age_secs: i64,
 }
 
 #[async_trait]
@@ -141,9 +143,10 @@ impl OriginStore for PgOrigin {
                          INSERT INTO idempotency_keys (api_key_id, key, request, code)
                          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1
                      )
-                     SELECT EXISTS (SELECT 1 FROM new),
-                            (SELECT request FROM idempotency_keys WHERE api_key_id = $1 AND key = $2),
-                            (SELECT code FROM idempotency_keys WHERE api_key_id = $1 AND key = $2)",
+                     SELECT EXISTS (SELECT 1 FROM new), k.request, k.code,
+                            extract(epoch FROM now() - k.created_at)::bigint
+                     FROM (SELECT 1) AS one
+                     LEFT JOIN idempotency_keys k ON k.api_key_id = $1 AND k.key = $2",
                     &[&key_id, &idem, &request.as_slice(), &code],
                 )
                 .await
@@ -155,10 +158,12 @@ impl OriginStore for PgOrigin {
         }
         let request: Option<Vec<u8>> = row.get(1);
         let code: Option<String> = row.get(2);
+        let age_secs: Option<i64> = row.get(3);
         match (request, code) {
             (Some(r), Some(code)) => Ok(Some(Binding {
                 request: digest(PG, r)?,
                 code,
+                age_secs: age_secs.unwrap_or(0),
             })),
             // Bound by a transaction that has not committed yet: not visible
             // to this statement's snapshot. Report it as busy.
@@ -264,16 +269,18 @@ impl OriginStore for SqliteOrigin {
                 if inserted > 0 {
                     return Ok(None);
                 }
-                let (r, code): (Vec<u8>, String) = c
+                let (r, code, age_secs): (Vec<u8>, String, i64) = c
                     .query_row(
-                        "SELECT request, code FROM idempotency_keys WHERE api_key_id = ?1 AND key = ?2",
+                        "SELECT request, code, unixepoch() - created_at FROM idempotency_keys \
+                         WHERE api_key_id = ?1 AND key = ?2",
                         params![key_id, idem],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .map_err(sql_err)?;
                 Ok(Some(Binding {
                     request: digest(SQLITE, r)?,
                     code,
+                    age_secs,
                 }))
             })
             .await

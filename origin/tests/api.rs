@@ -307,7 +307,7 @@ async fn aliases_are_taken_once() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idempotency_key_makes_retries_safe() {
     let env = env().await;
     fill(&env, 1_000).await;
@@ -316,7 +316,7 @@ async fn idempotency_key_makes_retries_safe() {
     headers.insert("idempotency-key", HeaderValue::from_static("order-1234"));
     let body = json!({"url": "https://example.com/once"}).to_string();
     let mut tasks = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..30 {
         let (api, headers, body) = (api.clone(), headers.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             call(&api, Method::POST, "/api/v1/links", &headers, &body).await
@@ -748,4 +748,51 @@ async fn a_bootstrap_api_key_is_registered_at_start_up() {
     )
     .await;
     assert!(built.is_err(), "a malformed bootstrap key stops start-up");
+}
+
+/// A binding whose request died before writing its link: a retry gets 503
+/// while that request could still be running, and completes the link with
+/// the bound code once the binding is old enough to be an orphan.
+#[tokio::test]
+async fn an_orphaned_idempotency_binding_is_completed_by_a_retry() {
+    let env = env().await;
+    fill(&env, 100).await;
+    let api = origin(&env).await;
+    let mut headers = auth(&env.key);
+    headers.insert("idempotency-key", HeaderValue::from_static("died-midway"));
+    let body = json!({"url": "https://example.com/orphan"}).to_string();
+    let first = call(&api, Method::POST, "/api/v1/links", &headers, &body).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let code = first.body["code"].as_str().unwrap().to_owned();
+    // Make it look as if the request had bound its code and died: no link.
+    let sql = env._db.client().await;
+    sql.execute("DELETE FROM links WHERE code = $1", &[&code])
+        .await
+        .unwrap();
+    let retry = call(&api, Method::POST, "/api/v1/links", &headers, &body).await;
+    assert_eq!(
+        retry.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        retry.body
+    );
+    assert_eq!(retry.body["error"]["code"], "idempotency_in_progress");
+    assert!(retry.headers.contains_key(http::header::RETRY_AFTER));
+    sql.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '5 minutes'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let retry = call(&api, Method::POST, "/api/v1/links", &headers, &body).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.body);
+    assert_eq!(
+        retry.body["code"],
+        code.as_str(),
+        "the bound code, not a new one"
+    );
+    assert_eq!(
+        env.links.get(&code).await.unwrap().unwrap().target,
+        "https://example.com/orphan"
+    );
 }
