@@ -108,7 +108,7 @@ impl PoolStore for SqlitePool {
                 let keys = {
                     let mut stmt = tx
                         .prepare(
-                            "DELETE FROM keypool_free WHERE key IN (SELECT key FROM keypool_free LIMIT ?1) RETURNING key",
+                            "DELETE FROM keypool_free WHERE rowid IN (SELECT rowid FROM keypool_free ORDER BY rowid LIMIT ?1) RETURNING key",
                         )
                         .map_err(sql_err)?;
                     let rows = stmt.query_map([n], |r| r.get::<_, String>(0)).map_err(sql_err)?;

@@ -177,6 +177,17 @@ async fn watermarks(store: Arc<dyn PoolStore>, c: &Config) {
     assert_eq!(pool.refiller.tick(&stop).await.unwrap(), Tick::Idle);
     let taken = pool.store.lease(4_100, 0).await.unwrap();
     assert_eq!(taken.len(), 4_100);
+    // Handed out in permutation order, not sorted: consecutive links get
+    // unrelated-looking codes.
+    let mut sorted = taken.clone();
+    sorted.sort();
+    assert_ne!(taken, sorted, "keys come out in generation order");
+    let leading: HashSet<u8> = taken[..100].iter().map(|k| k.as_bytes()[0]).collect();
+    assert!(
+        leading.len() > 30,
+        "the first 100 keys start with {} characters",
+        leading.len()
+    );
     // 900 left: under the low watermark, so back up to the high one.
     assert_eq!(
         pool.refiller.tick(&stop).await.unwrap(),

@@ -2,9 +2,12 @@
 -- SQLite has one writer at a time, so leasing inside a write transaction is
 -- race-free without row locks.
 
+-- A rowid table on purpose: leases take keys in insertion order, which is
+-- permutation order (random-looking); a WITHOUT ROWID table would hand them
+-- out sorted (0009..., 000A..., ...).
 CREATE TABLE keypool_free (
     key TEXT NOT NULL PRIMARY KEY
-) WITHOUT ROWID;
+);
 
 CREATE TABLE keypool_spaces (
     key_length  INTEGER PRIMARY KEY CHECK (key_length BETWEEN 4 AND 10),
