@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use edgelink_core::config::{
-    Config, ConfigError, ProcessEnv, ServerConfig, StorageMode, Threading,
+    Config, ConfigError, OriginConfig, ProcessEnv, ServerConfig, StorageMode, Threading,
 };
 use edgelink_core::import::{import_csv, ImportError, ImportOptions};
 use edgelink_core::shutdown::{cancel_on_signal, CancellationToken};
@@ -294,6 +294,11 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                 apply_listen(c, &listen);
                 if let Some(p) = &sqlite.sqlite {
                     c.sqlite.path = p.clone();
+                }
+                // All in one process, short URLs point at this listener
+                // unless a public URL was configured.
+                if c.origin.public_url == OriginConfig::default().public_url {
+                    c.origin.public_url = format!("http://{}", c.server.listen);
                 }
                 StorageMode::Embedded
             })?;

@@ -155,6 +155,11 @@ fn readme_create_a_link_with_the_api_and_follow_it() {
     let link: serde_json::Value = serde_json::from_str(&body).unwrap();
     let code = link["code"].as_str().unwrap();
     assert_eq!(code.len(), 7, "a key from the pool");
+    assert_eq!(
+        link["short_url"],
+        format!("http://{}/{code}", server.addr),
+        "serve's short URLs point at its listener"
+    );
     let (status, location) = get(server.addr, &format!("/{code}"));
     assert_eq!(status, 302);
     assert_eq!(location.as_deref(), Some("https://example.com/"));
