@@ -381,3 +381,52 @@ async fn the_admin_endpoints_need_the_token_and_validate_input() {
     let (status, _) = call(&off, Method::GET, "/admin/keypool", &good, "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A refiller whose database is unreachable keeps retrying, with backoff,
+/// reports the error, and still stops at once on shutdown.
+#[tokio::test]
+async fn a_failing_refill_is_retried_with_backoff_and_reported() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = config(None);
+    c.postgres.url = Some(format!(
+        "postgres://postgres@{}/nowhere",
+        dead.local_addr().unwrap()
+    ));
+    drop(dead); // nothing listens there now
+    c.postgres.connect_timeout_ms = 200;
+    c.postgres.timeout_ms = 300;
+    let store: Arc<dyn PoolStore> = Arc::new(PgPool::connect(&c.postgres).unwrap());
+    let recorder = edgelink_keypool::recorder();
+    let prometheus = recorder.handle();
+    let space = edgelink_keypool::keys::KeySpace::new(7, [7; 16]).unwrap();
+    let refiller = edgelink_keypool::refill::Refiller::new(
+        store,
+        space,
+        c.keypool.clone(),
+        KeypoolMetrics::new(&recorder),
+    );
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(refiller.clone().run(stop.clone()));
+    let started = std::time::Instant::now();
+    let errors = || {
+        prometheus
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("edgelink_keypool_refill_errors_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    while errors() < 3.0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(errors() >= 3.0, "retried: {} failures counted", errors());
+    assert!(
+        refiller.last_error().is_some(),
+        "the admin endpoint can show why"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(2), worker)
+        .await
+        .expect("stops during its backoff")
+        .unwrap();
+}
