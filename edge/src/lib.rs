@@ -316,19 +316,10 @@ async fn apply_invalidations(
 }
 
 fn admin_route(renderers: &[PrometheusHandle], req: &Request<Incoming>) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            let text: String = renderers.iter().map(PrometheusHandle::render).collect();
-            let mut resp = Response::new(Body::from(text));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            resp
-        }
-        (&Method::GET, "/healthz") => respond::text(StatusCode::OK, "ok\n"),
-        _ => failure(Failure::NotFound),
-    }
+    edgelink_core::net::admin_basics(req.method(), req.uri().path(), || {
+        renderers.iter().map(PrometheusHandle::render).collect()
+    })
+    .unwrap_or_else(|| failure(Failure::NotFound))
 }
 
 // === impl App ===

@@ -18,8 +18,7 @@ use edgelink_core::link::now_unix;
 /// The body type of every response the edge makes.
 pub use edgelink_core::net::Body;
 
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
-const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+use edgelink_core::net::JSON;
 /// `Cache-Control` of every answer that must not be cached downstream.
 pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
@@ -103,20 +102,17 @@ pub fn redirect(
     resp
 }
 
-/// A small plain-text answer (health).
+/// A small plain-text answer (health), not to be cached.
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, TEXT);
+    let mut resp = edgelink_core::net::text(status, Bytes::from_static(body.as_bytes()));
     resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
     resp
 }
 
-/// A JSON answer built at run time (readiness); not on the redirect path.
+/// A JSON answer built at run time (readiness), not to be cached; not on
+/// the redirect path.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, JSON);
+    let mut resp = edgelink_core::net::json(status, value);
     resp.headers_mut().insert(CACHE_CONTROL, NO_STORE);
     resp
 }

@@ -11,19 +11,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+pub use edgelink_core::net::Body;
+use edgelink_core::net::{json, json_error, read_body};
+use http::{HeaderMap, Method, Response, StatusCode};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::refill::Refiller;
 use crate::store::PoolStore;
 
 /// Largest request body the admin endpoints read.
 const MAX_BODY: usize = 4 * 1024;
-
-pub type Body = Full<Bytes>;
 
 pub struct Admin {
     token: Option<String>,
@@ -64,31 +61,28 @@ impl Admin {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(token) = &self.token else {
-            return error(
+            return json_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "the admin endpoints are off (no admin.token)",
             );
         };
         if !authorized(headers, token) {
-            let mut resp = error(
+            return json_error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "send Authorization: Bearer <admin token>",
             );
-            resp.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
         }
         match (method, path) {
             (&Method::GET, "/admin/keypool") => self.status().await,
             (&Method::POST, "/admin/keypool/refill") => self.refill(body).await,
-            (_, "/admin/keypool" | "/admin/keypool/refill") => error(
+            (_, "/admin/keypool" | "/admin/keypool/refill") => json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "GET /admin/keypool, POST /admin/keypool/refill",
             ),
-            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+            _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
     }
 
@@ -96,7 +90,7 @@ impl Admin {
         let counts = match self.store.counts().await {
             Ok(c) => c,
             Err(e) => {
-                return error(
+                return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     &e.to_string(),
@@ -105,9 +99,9 @@ impl Admin {
         };
         let c = self.refiller.config();
         let space = self.refiller.space();
-        json_response(
+        json(
             StatusCode::OK,
-            &json!({
+            &serde_json::json!({
                 "backend": self.store.name(),
                 "free": counts.free,
                 "generated": counts.generated,
@@ -131,20 +125,14 @@ impl Admin {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let bytes = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the body must be at most 4 KiB",
-                )
-            }
+        let bytes = match read_body(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(e) => return e.response(),
         };
         let req: RefillRequest = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
             Err(e) => {
-                return error(
+                return json_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_json",
                     &format!("expected {{\"count\": N}}: {e}"),
@@ -153,16 +141,16 @@ impl Admin {
         };
         let max = self.refiller.config().max_refill;
         if req.count == 0 || req.count > max {
-            return error(
+            return json_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_count",
                 &format!("count must be 1..={max}"),
             );
         }
         let pending = self.refiller.request(req.count);
-        json_response(
+        json(
             StatusCode::ACCEPTED,
-            &json!({ "requested": req.count, "pending": pending }),
+            &serde_json::json!({ "requested": req.count, "pending": pending }),
         )
     }
 }
@@ -184,24 +172,10 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     diff == 0
 }
 
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json_response(
-        status,
-        &json!({ "error": { "code": code, "message": message } }),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn headers(auth: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

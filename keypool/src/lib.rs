@@ -33,7 +33,7 @@ use edgelink_core::config::Config;
 use edgelink_core::net::{server, Body};
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::StoreError;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -160,21 +160,7 @@ pub async fn route(
             .handle(&parts.method, path, &parts.headers, body)
             .await;
     }
-    let text = |status: StatusCode, body: String| {
-        let mut resp = Response::new(Body::from(body));
-        *resp.status_mut() = status;
-        resp
-    };
-    match (&parts.method, path) {
-        (&Method::GET, "/metrics") => {
-            let mut resp = text(StatusCode::OK, prometheus.render());
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            resp
-        }
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
-        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
-    }
+    edgelink_core::net::admin_basics(&parts.method, path, || prometheus.render()).unwrap_or_else(
+        || edgelink_core::net::json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    )
 }

@@ -13,13 +13,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgelink_core::link::now;
-use edgelink_core::net::Body;
+use edgelink_core::net::{json as json_response, json_bytes, Body, BodyError};
 use edgelink_core::store::{LinkPatch, MAX_LIST};
 use edgelink_core::{Link, LinkCache, LinkStore};
 use edgelink_keypool::lease::Leaser;
-use http::header::{CONTENT_TYPE, LOCATION};
+use http::header::LOCATION;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use time::format_description::well_known::Rfc3339;
@@ -120,7 +120,7 @@ impl Api {
     {
         let rest = path.strip_prefix(PREFIX).ok_or_else(route_not_found)?;
         if (method, rest) == (&Method::GET, "openapi.json") {
-            return Ok(json_text(StatusCode::OK, OPENAPI));
+            return Ok(json_bytes(StatusCode::OK, OPENAPI));
         }
         let segments: Vec<&str> = rest.split('/').collect();
         // Authenticate before reading a body or touching storage.
@@ -194,18 +194,18 @@ impl Api {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match Limited::new(body, limit).collect().await {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body must be at most {limit} bytes"),
-            )),
-            Err(_) => Err(ApiError::bad_request(
-                "bad_body",
-                "the request body could not be read",
-            )),
-        }
+        edgelink_core::net::read_body(body, limit)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge { limit } => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body must be at most {limit} bytes"),
+                ),
+                BodyError::Unreadable => {
+                    ApiError::bad_request("bad_body", "the request body could not be read")
+                }
+            })
     }
 
     /// Checks a creation request; the link it describes, minus its code.
@@ -597,16 +597,4 @@ fn request_digest(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
     h.update([0]);
     h.update(body);
     h.finalize().into()
-}
-
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    json_text(status, value.to_string())
-}
-
-fn json_text(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Body::new(text.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }

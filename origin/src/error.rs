@@ -1,11 +1,9 @@
 //! The API's one error shape: `{"error": {"code": "...", "message": "..."}}`
 //! with a status that says whose fault it is (4xx the client's, 5xx ours).
 
-use bytes::Bytes;
 use edgelink_core::net::Body;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::RETRY_AFTER;
 use http::{HeaderValue, Response, StatusCode};
-use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -59,11 +57,7 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        let mut resp = Response::new(Body::new(Bytes::from(body.to_string())));
-        *resp.status_mut() = self.status;
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut resp = edgelink_core::net::json_error(self.status, self.code, &self.message);
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs));

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use edgelink_core::config::Config;
-use edgelink_core::net::{server, Body};
+use edgelink_core::net::{self, server, Body};
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::{LinkCache, LinkStore};
 use edgelink_keypool::lease::Leaser;
@@ -140,11 +140,10 @@ pub async fn run(
         move |req: Request<hyper::body::Incoming>| {
             let prometheus = prometheus.clone();
             async move {
-                match (req.method(), req.uri().path()) {
-                    (&Method::GET, "/metrics") => text(StatusCode::OK, prometheus.render()),
-                    (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
-                    _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
-                }
+                net::admin_basics(req.method(), req.uri().path(), || prometheus.render())
+                    .unwrap_or_else(|| {
+                        net::json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+                    })
             }
         },
         server::ConnLimits::new(256, ::metrics::Gauge::noop(), ::metrics::Counter::noop()),
@@ -167,14 +166,8 @@ pub async fn route(api: &Api, req: Request<hyper::body::Incoming>) -> Response<B
             .await;
     }
     match (&parts.method, path) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
+        (&Method::GET, "/healthz") => net::text(StatusCode::OK, "ok\n"),
         _ => error::ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
             .into_response(),
     }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = status;
-    resp
 }
