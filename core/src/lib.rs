@@ -16,6 +16,7 @@
 //! - [`import`]: CSV import in batches.
 //! - [`net`]: what every role serves HTTP with: socket2 listeners and the
 //!   hyper accept loop (connection cap, timeouts, graceful drain).
+//! - [`retry`]: jittered exponential backoff for reconnects and retries.
 //! - [`shutdown`], [`telemetry`]: process plumbing.
 //! - `testing` (hidden): fresh-database and Redis-prefix helpers for the
 //!   workspace's tests against the real services.
@@ -27,6 +28,7 @@ pub mod import;
 pub mod link;
 pub mod migrate;
 pub mod net;
+pub mod retry;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

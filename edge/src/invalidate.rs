@@ -73,10 +73,7 @@ pub async fn follow_redis(
             Err(_) => tracing::warn!("subscribing to invalidations timed out"),
         }
         failures = failures.saturating_add(1);
-        let ceiling = Duration::from_millis(100)
-            .saturating_mul(1 << failures.min(9))
-            .min(Duration::from_secs(30));
-        let wait = ceiling.mul_f64(rand::random::<f64>());
+        let wait = edgelink_core::retry::backoff(failures);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgelink_core::config::KeypoolConfig;
+use edgelink_core::retry::backoff;
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::StoreError;
 use tokio::sync::Notify;
@@ -20,17 +21,6 @@ use tokio::sync::Notify;
 use crate::keys::KeySpace;
 use crate::metrics::KeypoolMetrics;
 use crate::store::PoolStore;
-
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
-
-/// The delay before retry number `failures` (1-based): uniform in
-/// `0..=min(cap, base * 2^(failures - 1))` ("full jitter").
-pub fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-    let ceiling = exp.min(BACKOFF_CAP);
-    ceiling.mul_f64(rand::random::<f64>())
-}
 
 pub struct Refiller {
     store: Arc<dyn PoolStore>,
@@ -210,25 +200,5 @@ impl Refiller {
             tracing::warn!(error = %e, "could not record the refill");
         }
         Ok(added)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_jittered_under_an_exponential_ceiling() {
-        for failures in 1..40 {
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1 << (failures - 1).min(20))
-                .min(BACKOFF_CAP);
-            for _ in 0..50 {
-                assert!(backoff(failures) <= ceiling);
-            }
-        }
-        let spread: std::collections::HashSet<Duration> = (0..20).map(|_| backoff(10)).collect();
-        assert!(spread.len() > 10, "jitter spreads retries");
-        assert!(backoff(1) <= Duration::from_millis(100));
     }
 }
