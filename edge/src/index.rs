@@ -166,7 +166,7 @@ impl Index {
     /// [`get`](Self::get) and [`insert`](Self::insert).
     #[inline]
     pub fn hash(&self, code: &str) -> u64 {
-        self.hasher.hash_one(code)
+        self.hasher.hash_one(code.as_bytes())
     }
 
     /// Bits 32..38 pick the shard; hashbrown uses the low bits for the
@@ -239,10 +239,7 @@ impl Index {
             code_len,
         };
         let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
-        let hasher = |s: &Slot| {
-            self.hasher
-                .hash_one(std::str::from_utf8(s.code()).unwrap_or(""))
-        };
+        let hasher = |s: &Slot| self.hasher.hash_one(s.code());
         match shard.entry(hash, |s| s.code() == code.as_bytes(), hasher) {
             hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = slot,
             hashbrown::hash_table::Entry::Vacant(v) => {
@@ -260,20 +257,20 @@ impl Index {
 
     /// Removes `code` whatever it holds (an invalidation).
     pub fn remove(&self, code: &str) {
-        let hash = self.hash(code);
-        let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
-        if let Ok(o) = shard.find_entry(hash, |s| s.code() == code.as_bytes()) {
-            o.remove();
-        }
+        self.remove_where(code, |_| true);
     }
 
     /// Removes `code` if its slot still holds `block` (moka's eviction
     /// listener: a newer entry for the same code stays).
     pub fn remove_if_same(&self, code: &str, block: &Bytes) {
+        self.remove_where(code, |slot| slot.block.as_ptr() == block.as_ptr());
+    }
+
+    fn remove_where(&self, code: &str, remove: impl FnOnce(&Slot) -> bool) {
         let hash = self.hash(code);
         let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
         if let Ok(o) = shard.find_entry(hash, |s| s.code() == code.as_bytes()) {
-            if o.get().block.as_ptr() == block.as_ptr() {
+            if remove(o.get()) {
                 o.remove();
             }
         }

@@ -32,7 +32,11 @@ const BULK_TIMEOUT: Duration = Duration::from_secs(30);
 const GET_LINK: &str =
     "SELECT target, redirect, created_at, expires_at, disabled FROM links WHERE code = $1";
 
-const LINK_COLUMNS: &str = "target, redirect, created_at, expires_at, disabled, code";
+const FIND_LINK: &str = "SELECT target, redirect, created_at, expires_at, disabled, code \
+     FROM links WHERE code = $1 AND deleted_at IS NULL";
+
+const LIST_LINKS: &str = "SELECT target, redirect, created_at, expires_at, disabled, code \
+     FROM links WHERE deleted_at IS NULL AND code > $1 ORDER BY code LIMIT $2";
 
 const UPDATE_LINK: &str = "UPDATE links SET \
      target = coalesce($2, target), \
@@ -279,10 +283,12 @@ impl LinkStore for PgStore {
     }
 
     async fn find(&self, code: &str) -> Result<Option<Link>, StoreError> {
-        let sql =
-            format!("SELECT {LINK_COLUMNS} FROM links WHERE code = $1 AND deleted_at IS NULL");
         self.with_conn(self.timeout, async |c| {
-            let row = c.client.query_opt(&sql, &[&code]).await.map_err(pg_err)?;
+            let row = c
+                .client
+                .query_opt(FIND_LINK, &[&code])
+                .await
+                .map_err(pg_err)?;
             row.map(|r| row_to_link(code, &r)).transpose()
         })
         .await
@@ -330,16 +336,12 @@ impl LinkStore for PgStore {
     }
 
     async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Link>, StoreError> {
-        let sql = format!(
-            "SELECT {LINK_COLUMNS} FROM links WHERE deleted_at IS NULL AND code > $1 \
-             ORDER BY code LIMIT $2"
-        );
         let after = after.unwrap_or("");
         let limit = i64::from(limit.min(MAX_LIST));
         self.with_conn(self.timeout, async |c| {
             let rows = c
                 .client
-                .query(&sql, &[&after, &limit])
+                .query(LIST_LINKS, &[&after, &limit])
                 .await
                 .map_err(pg_err)?;
             rows.iter()

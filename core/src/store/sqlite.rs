@@ -91,6 +91,21 @@ impl SqliteStore {
         self.run(move |inner| f(&inner.reader())).await
     }
 
+    /// One link by `sql` (selecting `row_to_link`'s columns for `?1 = code`)
+    /// on a reader.
+    async fn select_one(&self, sql: &'static str, code: &str) -> Result<Option<Link>, StoreError> {
+        let code = code.to_owned();
+        self.run(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
+            stmt.query_row([&code], |row| row_to_link(&code, row))
+                .optional()
+                .map_err(sql_err)?
+                .transpose()
+        })
+        .await
+    }
+
     /// The budget of one query (`sqlite.timeout_ms`).
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -228,20 +243,11 @@ impl LinkStore for SqliteStore {
     }
 
     async fn get(&self, code: &str) -> Result<Option<Link>, StoreError> {
-        let code = code.to_owned();
-        self.run(move |inner| {
-            let conn = inner.reader();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT target, redirect, created_at, expires_at, disabled \
-                     FROM links WHERE code = ?1",
-                )
-                .map_err(sql_err)?;
-            stmt.query_row([&code], |row| row_to_link(&code, row))
-                .optional()
-                .map_err(sql_err)?
-                .transpose()
-        })
+        self.select_one(
+            "SELECT target, redirect, created_at, expires_at, disabled \
+             FROM links WHERE code = ?1",
+            code,
+        )
         .await
     }
 
@@ -295,20 +301,11 @@ impl LinkStore for SqliteStore {
     }
 
     async fn find(&self, code: &str) -> Result<Option<Link>, StoreError> {
-        let code = code.to_owned();
-        self.run(move |inner| {
-            let conn = inner.reader();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT target, redirect, created_at, expires_at, disabled \
-                     FROM links WHERE code = ?1 AND deleted_at IS NULL",
-                )
-                .map_err(sql_err)?;
-            stmt.query_row([&code], |row| row_to_link(&code, row))
-                .optional()
-                .map_err(sql_err)?
-                .transpose()
-        })
+        self.select_one(
+            "SELECT target, redirect, created_at, expires_at, disabled \
+             FROM links WHERE code = ?1 AND deleted_at IS NULL",
+            code,
+        )
         .await
     }
 
