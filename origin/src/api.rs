@@ -129,9 +129,12 @@ impl Api {
             (&Method::POST, ["links"]) => {
                 let body = self.read(body).await?;
                 let req: CreateLink = parse(&body)?;
-                let idem = idempotency_key(headers)?;
-                let request = idem.map(|_| request_digest(method, path, &body));
-                self.create(key_id, req, idem.zip(request)).await
+                let idem = idempotency_key(headers)?.map(|key| Idem {
+                    api_key_id: key_id,
+                    key,
+                    request: request_digest(method, path, &body),
+                });
+                self.create(req, idem).await
             }
             (&Method::POST, ["links", "batch"]) => {
                 if headers.contains_key("idempotency-key") {
@@ -230,9 +233,8 @@ impl Api {
 
     async fn create(
         &self,
-        key_id: i64,
         req: CreateLink,
-        idem: Option<(&str, [u8; 32])>,
+        idem: Option<Idem<'_>>,
     ) -> Result<Response<Body>, ApiError> {
         let Link {
             target,
@@ -256,12 +258,16 @@ impl Api {
             };
             // An Idempotency-Key is bound to its code before the link is
             // written, so concurrent retries agree on one link.
-            if let Some((idem, digest)) = idem {
-                if let Some(earlier) = self.store.bind(key_id, idem, digest, &code).await? {
+            if let Some(idem) = &idem {
+                if let Some(earlier) = self
+                    .store
+                    .bind(idem.api_key_id, idem.key, idem.request, &code)
+                    .await?
+                {
                     if from_pool {
                         self.leaser.give_back(code);
                     }
-                    if earlier.request != digest {
+                    if earlier.request != idem.request {
                         return Err(ApiError::invalid(
                             "idempotency_key_reused",
                             "this Idempotency-Key was used for a different request",
@@ -274,7 +280,7 @@ impl Api {
             let report = match self.links.insert_links(std::slice::from_ref(&link)).await {
                 Ok(r) => r,
                 Err(e) => {
-                    self.undo(key_id, idem, code, from_pool).await;
+                    self.undo(idem.as_ref(), code, from_pool).await;
                     return Err(e.into());
                 }
             };
@@ -282,8 +288,8 @@ impl Api {
                 self.write_through(&link).await;
                 return Ok(self.created(&link));
             }
-            if let Some((idem, _)) = idem {
-                let _ = self.store.unbind(key_id, idem).await;
+            if let Some(idem) = &idem {
+                let _ = self.store.unbind(idem.api_key_id, idem.key).await;
             }
             if !from_pool {
                 return Err(ApiError::new(
@@ -336,15 +342,9 @@ impl Api {
         }
     }
 
-    async fn undo(
-        &self,
-        key_id: i64,
-        idem: Option<(&str, [u8; 32])>,
-        code: String,
-        from_pool: bool,
-    ) {
-        if let Some((idem, _)) = idem {
-            let _ = self.store.unbind(key_id, idem).await;
+    async fn undo(&self, idem: Option<&Idem<'_>>, code: String, from_pool: bool) {
+        if let Some(idem) = idem {
+            let _ = self.store.unbind(idem.api_key_id, idem.key).await;
         }
         if from_pool {
             // Even if the failed insert did commit (a timeout after the
@@ -420,7 +420,7 @@ impl Api {
             } else if from_pool {
                 // A pool key already spelled by an alias or import: this
                 // one item goes through the single-link path's retries.
-                match self.create(0, items[i].clone(), None).await {
+                match self.create(items[i].clone(), None).await {
                     Ok(resp) => json!({ "index": i, "status": 201, "link": body_json(resp).await }),
                     Err(e) => item_error(i, &e),
                 }
@@ -538,6 +538,13 @@ impl Api {
         }
         resp
     }
+}
+
+/// An `Idempotency-Key` of one API key, and the digest of its request.
+struct Idem<'a> {
+    api_key_id: i64,
+    key: &'a str,
+    request: [u8; 32],
 }
 
 /// `POST /api/v1/links/batch`.
