@@ -342,14 +342,20 @@ impl Api {
         }
     }
 
+    /// After a failed insert, whose outcome is unknown (a timeout may
+    /// come after the commit).
     async fn undo(&self, idem: Option<&Idem<'_>>, code: String, from_pool: bool) {
-        if let Some(idem) = idem {
-            let _ = self.store.unbind(idem.api_key_id, idem.key).await;
+        if idem.is_some() {
+            // Keep the binding and its code: if the insert did commit, a
+            // retry finds that link; if not, a retry completes it once the
+            // binding is orphaned. Unbinding here could give one key two
+            // links.
+            return;
         }
         if from_pool {
-            // Even if the failed insert did commit (a timeout after the
-            // commit), reusing the key is safe: inserts never overwrite, so
-            // its next use finds it taken and moves on to another key.
+            // Even if the insert did commit, reusing the key is safe:
+            // inserts never overwrite, so its next use finds it taken and
+            // moves on to another key.
             self.leaser.give_back(code);
         }
     }
