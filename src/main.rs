@@ -550,7 +550,7 @@ fn serve_origin(config: Config) -> Result<ExitCode, Failure> {
         edgelink_origin::run(
             public,
             admin,
-            Arc::new(config.clone()),
+            Arc::new(config),
             Arc::new(api),
             prometheus,
             shutdown,
@@ -567,8 +567,7 @@ async fn apikey(
     action: ApikeyAction,
 ) -> Result<ExitCode, Failure> {
     use edgelink_origin::store::{OriginStore, PgOrigin, SqliteOrigin};
-    let links = open_store(config, mode).await?;
-    drop(links); // opened for its migrations
+    // Opening applies migrations, so the key tables exist.
     let store: Arc<dyn OriginStore> = match mode {
         StorageMode::Embedded => Arc::new(SqliteOrigin::new(
             SqliteStore::open(&config.sqlite)
@@ -576,6 +575,7 @@ async fn apikey(
                 .map_err(anyhow::Error::from)?,
         )),
         StorageMode::Distributed => {
+            open_store(config, mode).await?;
             Arc::new(PgOrigin::connect(&config.postgres).map_err(anyhow::Error::from)?)
         }
     };
