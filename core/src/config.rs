@@ -20,8 +20,11 @@ use crate::link::RedirectStatus;
 pub const ENV_PREFIX: &str = "EDGELINK_";
 
 /// Sections an environment variable may address.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 13] = [
     "server",
+    "tls",
+    "proxy",
+    "limits",
     "cache",
     "redirect",
     "sqlite",
@@ -46,6 +49,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub origin: OriginConfig,
     pub bootstrap: BootstrapConfig,
+    pub tls: TlsConfig,
+    pub proxy: ProxyConfig,
+    pub limits: LimitsConfig,
 }
 
 /// Listeners and connection limits.
@@ -72,6 +78,9 @@ pub struct ServerConfig {
     pub h2_max_concurrent_streams: u32,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout_ms: u64,
+    /// On shutdown, `/readyz` answers 503 for this long before the listeners
+    /// stop accepting, so load balancers take the node out first.
+    pub shutdown_grace_ms: u64,
 }
 
 /// How the edge spreads connections over threads.
@@ -239,7 +248,167 @@ impl std::fmt::Debug for BootstrapConfig {
     }
 }
 
+/// TLS on the public listener (rustls). With no certificate the public
+/// listener speaks plain HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chains and keys (PEM files), chosen by SNI among the DNS
+    /// names of each certificate; the first answers clients that send no
+    /// name or an unknown one. File only (`[[tls.certificates]]`).
+    pub certificates: Vec<CertificateFiles>,
+    /// A plain-HTTP listener that answers every request with a 308 to the
+    /// same path over HTTPS (`/healthz` and `/readyz` are answered as is).
+    pub redirect_listen: Option<SocketAddr>,
+    /// The port written in those redirects (443 is left out of the URL).
+    pub https_port: u16,
+    /// Reload the certificates when a file in their directories changes
+    /// (SIGHUP always reloads them).
+    pub watch: bool,
+}
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The edge's reverse proxy to origin upstreams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Origin base URLs (`http://host:port`); empty turns the proxy off.
+    pub upstreams: Vec<String>,
+    /// Path prefixes sent to the upstreams.
+    pub prefixes: Vec<String>,
+    /// How a request picks its upstream.
+    pub balance: Balance,
+    /// Whole-request budget from arrival to the upstream's response head,
+    /// retries included; beyond it the client gets 504.
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Further attempts after the first, where a retry is allowed.
+    pub max_retries: u32,
+    /// Retries in flight may be at most this share of requests in flight
+    /// (at least 3), so retries cannot multiply an overload.
+    pub retry_budget_percent: u32,
+    /// First retry backoff; each next one doubles, all fully jittered.
+    pub retry_backoff_ms: u64,
+    /// Largest request body sent upstream (413 beyond).
+    pub max_body_bytes: usize,
+    /// Request bodies up to this size with a known length are kept so a
+    /// failed attempt can be replayed; larger ones are streamed and are
+    /// retried only when no byte was sent (connect failures).
+    pub replay_body_bytes: usize,
+    /// Idle upstream connections kept per host.
+    pub pool_max_idle_per_host: usize,
+    pub pool_idle_timeout_ms: u64,
+    /// Consecutive 5xx answers or connect failures that eject a host.
+    pub eject_consecutive_failures: u32,
+    /// An ejection lasts this long times the number of times the host has
+    /// been ejected, up to `eject_max_ms`.
+    pub eject_base_ms: u64,
+    pub eject_max_ms: u64,
+    /// At most this share of hosts is ejected at once (one host always may).
+    pub max_ejection_percent: u32,
+    /// Path of the active health check; empty turns it off.
+    pub health_check_path: String,
+    pub health_check_interval_ms: u64,
+    pub health_check_timeout_ms: u64,
+    /// Failed checks in a row that mark a host unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring it back.
+    pub healthy_threshold: u32,
+}
+
+/// How the proxy picks an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// The fewer requests in flight of two hosts drawn at random.
+    LeastOutstanding,
+    RoundRobin,
+}
+
+/// Request limits and abuse control on the public listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest request target (path and query) accepted; 414 beyond.
+    pub max_uri_bytes: usize,
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-For` is believed;
+    /// from anyone else the socket's address is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Creation API requests per second per client IP (0: unlimited) and
+    /// the burst above that rate.
+    pub create_per_sec: f64,
+    pub create_burst: u32,
+    /// 404 answers per second per client IP (0: unlimited) and burst. A
+    /// client over it gets 429 for any code not already in tier 0, so a
+    /// scan of random codes cannot reach the database at full speed.
+    pub not_found_per_sec: f64,
+    pub not_found_burst: u32,
+    /// Client IPs tracked at once per limit; the idle ones are dropped
+    /// first, and beyond this new clients share one bucket.
+    pub max_tracked_clients: usize,
+}
+
 // === impl defaults ===
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            certificates: Vec::new(),
+            redirect_listen: None,
+            https_port: 443,
+            watch: true,
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            upstreams: Vec::new(),
+            prefixes: vec!["/api/".to_owned()],
+            balance: Balance::LeastOutstanding,
+            timeout_ms: 15_000,
+            connect_timeout_ms: 1_000,
+            max_retries: 2,
+            retry_budget_percent: 20,
+            retry_backoff_ms: 25,
+            max_body_bytes: 1024 * 1024,
+            replay_body_bytes: 64 * 1024,
+            pool_max_idle_per_host: 64,
+            pool_idle_timeout_ms: 90_000,
+            eject_consecutive_failures: 5,
+            eject_base_ms: 30_000,
+            eject_max_ms: 300_000,
+            max_ejection_percent: 50,
+            health_check_path: "/healthz".to_owned(),
+            health_check_interval_ms: 5_000,
+            health_check_timeout_ms: 1_000,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_uri_bytes: 2048,
+            trusted_proxies: Vec::new(),
+            create_per_sec: 10.0,
+            create_burst: 50,
+            not_found_per_sec: 20.0,
+            not_found_burst: 100,
+            max_tracked_clients: 100_000,
+        }
+    }
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -254,6 +423,7 @@ impl Default for ServerConfig {
             max_header_bytes: 16 * 1024,
             h2_max_concurrent_streams: 256,
             drain_timeout_ms: 10_000,
+            shutdown_grace_ms: 0,
         }
     }
 }
@@ -595,6 +765,7 @@ impl Config {
                 );
             }
         }
+        self.validate_edge(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -602,9 +773,123 @@ impl Config {
         }
     }
 
+    /// The sections the edge reads: TLS, proxy and limits.
+    fn validate_edge(&self, problems: &mut Vec<String>) {
+        let mut need = |ok: bool, msg: String| {
+            if !ok {
+                problems.push(msg);
+            }
+        };
+        let t = &self.tls;
+        need(t.https_port > 0, "tls.https_port must be > 0".into());
+        if let Some(addr) = t.redirect_listen {
+            need(
+                !t.certificates.is_empty(),
+                "tls.redirect_listen needs tls.certificates".into(),
+            );
+            need(
+                addr != self.server.listen && addr != self.server.admin_listen,
+                "tls.redirect_listen must differ from the other listeners".into(),
+            );
+        }
+        let p = &self.proxy;
+        for u in &p.upstreams {
+            need(
+                upstream_base(u).is_some(),
+                format!("proxy.upstreams: {u:?} is not an http://host:port base URL"),
+            );
+        }
+        for prefix in &p.prefixes {
+            need(
+                prefix.starts_with('/') && prefix.len() > 1,
+                format!("proxy.prefixes: {prefix:?} must start with / and name a path"),
+            );
+        }
+        need(
+            (1..=600_000).contains(&p.timeout_ms),
+            "proxy.timeout_ms must be 1..=600000".into(),
+        );
+        need(
+            (1..=60_000).contains(&p.connect_timeout_ms),
+            "proxy.connect_timeout_ms must be 1..=60000".into(),
+        );
+        need(
+            p.max_retries <= 10,
+            "proxy.max_retries must be <= 10".into(),
+        );
+        need(
+            p.retry_budget_percent <= 100,
+            "proxy.retry_budget_percent must be <= 100".into(),
+        );
+        need(
+            p.replay_body_bytes <= p.max_body_bytes,
+            "proxy.replay_body_bytes must be <= proxy.max_body_bytes".into(),
+        );
+        need(
+            p.eject_consecutive_failures > 0,
+            "proxy.eject_consecutive_failures must be > 0".into(),
+        );
+        need(
+            p.eject_base_ms > 0 && p.eject_base_ms <= p.eject_max_ms,
+            "proxy.eject_base_ms must be > 0 and <= proxy.eject_max_ms".into(),
+        );
+        need(
+            p.max_ejection_percent <= 100,
+            "proxy.max_ejection_percent must be <= 100".into(),
+        );
+        need(
+            p.health_check_path.is_empty() || p.health_check_path.starts_with('/'),
+            "proxy.health_check_path must be empty or start with /".into(),
+        );
+        need(
+            p.health_check_interval_ms >= 100 && p.health_check_timeout_ms > 0,
+            "proxy.health_check_interval_ms must be >= 100 and proxy.health_check_timeout_ms > 0"
+                .into(),
+        );
+        need(
+            p.unhealthy_threshold > 0 && p.healthy_threshold > 0,
+            "proxy.unhealthy_threshold and proxy.healthy_threshold must be > 0".into(),
+        );
+        let l = &self.limits;
+        need(
+            (16..=65_536).contains(&l.max_uri_bytes),
+            "limits.max_uri_bytes must be 16..=65536".into(),
+        );
+        for cidr in &l.trusted_proxies {
+            need(
+                cidr.parse::<crate::net::IpNet>().is_ok(),
+                format!("limits.trusted_proxies: {cidr:?} is not an address or CIDR block"),
+            );
+        }
+        for (name, rate, burst) in [
+            ("create", l.create_per_sec, l.create_burst),
+            ("not_found", l.not_found_per_sec, l.not_found_burst),
+        ] {
+            need(
+                rate.is_finite() && rate >= 0.0 && (rate == 0.0 || burst >= 1),
+                format!("limits.{name}_per_sec must be >= 0, with limits.{name}_burst >= 1"),
+            );
+        }
+        need(
+            (1..=10_000_000).contains(&l.max_tracked_clients),
+            "limits.max_tracked_clients must be 1..=10000000".into(),
+        );
+    }
+
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.server.header_read_timeout_ms)
     }
+}
+
+/// `http://host:port` (a trailing `/` allowed) as a URI with no path, or
+/// `None` when `s` is something else.
+pub fn upstream_base(s: &str) -> Option<http::Uri> {
+    let uri: http::Uri = s.trim_end_matches('/').parse().ok()?;
+    let plain = uri.scheme_str() == Some("http")
+        && uri.authority().is_some()
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none();
+    plain.then_some(uri)
 }
 
 // === environment ===
@@ -679,6 +964,11 @@ fn apply_env(table: &mut toml::Table, env: &dyn Env) -> Result<(), ConfigError> 
                     .map(|s| toml::Value::String(s.to_owned()))
                     .collect(),
             ),
+            Some(toml::Value::Float(_)) => raw
+                .trim()
+                .parse::<f64>()
+                .map(toml::Value::Float)
+                .map_err(|_| bad(format!("expected a number, got {raw:?}")))?,
             Some(toml::Value::Boolean(_)) => {
                 raw.trim()
                     .parse::<bool>()
@@ -706,6 +996,7 @@ fn optional_keys(section: &str) -> &'static [&'static str] {
         "postgres" | "redis" => &["url"],
         "admin" => &["token"],
         "bootstrap" => &["api_key"],
+        "tls" => &["redirect_listen"],
         _ => &[],
     }
 }

@@ -1,5 +1,6 @@
 //! Retry pacing shared by every loop that reconnects or retries a backend
-//! (the key pool's refill worker, the edge's invalidation subscription).
+//! (the key pool's refill worker, the edge's invalidation subscription and
+//! its reverse proxy).
 
 use std::time::Duration;
 
@@ -12,8 +13,14 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// `0..=min(BACKOFF_CAP, BACKOFF_BASE * 2^(failures - 1))` ("full jitter",
 /// so many clients that failed together do not retry together).
 pub fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-    exp.min(BACKOFF_CAP).mul_f64(rand::random::<f64>())
+    backoff_from(BACKOFF_BASE, BACKOFF_CAP, failures)
+}
+
+/// [`backoff`] with another first ceiling and cap (the edge's proxy retries
+/// start at `proxy.retry_backoff_ms`).
+pub fn backoff_from(base: Duration, cap: Duration, failures: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    exp.min(cap).mul_f64(rand::random::<f64>())
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ pub async fn run(
     let worker = tokio::spawn(pool.refiller.clone().run(shutdown.clone()));
     let admin = pool.admin.clone();
     let routes_prometheus = prometheus.clone();
-    let handler = move |req: Request<hyper::body::Incoming>| {
+    let handler = move |req: Request<hyper::body::Incoming>, _peer| {
         let (admin, prometheus) = (admin.clone(), routes_prometheus.clone());
         async move { route(&admin, &prometheus, req).await }
     };
@@ -134,11 +134,9 @@ pub async fn run(
     tokio::join!(
         server::serve(
             listener,
-            server::builder(&config.server),
+            server::Options::internal(&config.server),
             handler,
-            server::ConnLimits::new(256, ::metrics::Gauge::noop(), ::metrics::Counter::noop()),
             shutdown.clone(),
-            Duration::from_millis(config.server.drain_timeout_ms),
         ),
         upkeep,
     );

@@ -19,7 +19,6 @@ pub mod store;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use edgelink_core::config::Config;
@@ -117,27 +116,27 @@ pub async fn run(
         admin = %admin.local_addr()?,
         "origin listening"
     );
-    let drain = Duration::from_millis(config.server.drain_timeout_ms);
     let routes = api.clone();
     let public_task = server::serve(
         public,
-        server::builder(&config.server),
-        move |req| {
+        server::Options::plain(
+            &config.server,
+            server::ConnLimits::new(
+                config.server.max_connections,
+                ::metrics::Gauge::noop(),
+                ::metrics::Counter::noop(),
+            ),
+        ),
+        move |req, _peer| {
             let api = routes.clone();
             async move { route(&api, req).await }
         },
-        server::ConnLimits::new(
-            config.server.max_connections,
-            ::metrics::Gauge::noop(),
-            ::metrics::Counter::noop(),
-        ),
         shutdown.clone(),
-        drain,
     );
     let admin_task = server::serve(
         admin,
-        server::builder(&config.server),
-        move |req: Request<hyper::body::Incoming>| {
+        server::Options::internal(&config.server),
+        move |req: Request<hyper::body::Incoming>, _peer| {
             let prometheus = prometheus.clone();
             async move {
                 net::admin_basics(req.method(), req.uri().path(), || prometheus.render())
@@ -146,9 +145,7 @@ pub async fn run(
                     })
             }
         },
-        server::ConnLimits::new(256, ::metrics::Gauge::noop(), ::metrics::Counter::noop()),
         shutdown.clone(),
-        drain,
     );
     tokio::join!(public_task, admin_task);
     api.leaser.report().await;

@@ -2,23 +2,26 @@
 //! hyper accept loop (connection cap, header-read timeout, graceful drain),
 //! and the small responses and body reads every role's routes make.
 
+mod body;
+pub mod framing;
+mod ipnet;
 pub mod listener;
 pub mod server;
+
+pub use body::Body;
+pub use ipnet::IpNet;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-
-/// The body of every response a role makes: one buffer, sent as is.
-pub type Body = Full<Bytes>;
+use http_body_util::{BodyExt, Limited};
 
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4");
 
 fn with_type(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, content_type);
     resp

@@ -1,9 +1,14 @@
 //! The accept loop shared by the public and admin listeners: a connection
-//! cap, hyper's HTTP/1.1 + h2c auto builder with a timer (so the header-read
-//! timeout applies), and a graceful drain bounded by a deadline.
+//! cap, optional TLS (rustls), the request-framing guard, hyper's HTTP/1.1 +
+//! HTTP/2 auto builder with a timer (so the header-read timeout applies),
+//! and a graceful drain bounded by a deadline.
+//!
+//! The header-read timeout also bounds an idle keep-alive connection: hyper
+//! starts it whenever it waits for the next request head.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +18,24 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use metrics::{Counter, Gauge};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::FramingGuard;
 use super::Body;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
 
 /// hyper's connection builder with EdgeLink's limits.
 pub fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -54,21 +70,54 @@ impl ConnLimits {
     }
 }
 
+/// How a listener's connections are served.
+#[derive(Clone)]
+pub struct Options {
+    pub builder: auto::Builder<TokioExecutor>,
+    pub limits: ConnLimits,
+    /// TLS for every connection; `None` for plain HTTP.
+    pub tls: Option<TlsAcceptor>,
+    /// A TLS handshake must end within this.
+    pub handshake_timeout: Duration,
+    /// In-flight requests get this long after `shutdown`.
+    pub drain: Duration,
+}
+
+impl Options {
+    /// Plain HTTP with the limits of `config`.
+    pub fn plain(config: &ServerConfig, limits: ConnLimits) -> Options {
+        Options {
+            builder: builder(config),
+            limits,
+            tls: None,
+            handshake_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            drain: Duration::from_millis(config.drain_timeout_ms),
+        }
+    }
+
+    /// A small internal listener (admin, metrics): 256 connections.
+    pub fn internal(config: &ServerConfig) -> Options {
+        Options::plain(
+            config,
+            ConnLimits::new(256, metrics::Gauge::noop(), metrics::Counter::noop()),
+        )
+    }
+}
+
 /// Serves `listener` until `shutdown`, then drains for at most `drain`.
 pub async fn serve<H, F>(
     listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
+    options: Options,
     handler: H,
-    limits: ConnLimits,
     shutdown: CancellationToken,
-    drain: Duration,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    let limits = &options.limits;
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -88,20 +137,28 @@ pub async fn serve<H, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let fut = handler(req);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let peer = Peer {
+            addr,
+            tls: options.tls.is_some(),
+        };
         let open = limits.open.clone();
         open.increment(1.0);
+        let (options, handler, watcher) = (options.clone(), handler.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match &options.tls {
+                None => serve_connection(stream, &options, handler, peer, watcher).await,
+                Some(acceptor) => {
+                    let accepted =
+                        tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
+                            .await;
+                    match accepted {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, &options, handler, peer, watcher).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, %addr, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                }
             }
             open.decrement(1.0);
             drop(permit);
@@ -110,8 +167,32 @@ pub async fn serve<H, F>(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => {
-            tracing::warn!(?drain, "drain deadline passed; closing the remaining connections");
+        _ = tokio::time::sleep(options.drain) => {
+            tracing::warn!(drain = ?options.drain, "drain deadline passed; closing the remaining connections");
         }
+    }
+}
+
+async fn serve_connection<IO, H, F>(
+    io: IO,
+    options: &Options,
+    handler: H,
+    peer: Peer,
+    watcher: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let fut = handler(req, peer);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let conn = options
+        .builder
+        .serve_connection(TokioIo::new(FramingGuard::new(io)), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
