@@ -121,7 +121,7 @@ enum ApikeyAction {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct Common {
     /// TOML config file; `EDGELINK_<SECTION>_<KEY>` variables override it, flags override both.
     #[arg(long, value_name = "FILE")]
@@ -131,7 +131,7 @@ struct Common {
     check: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct Listen {
     /// Public listener [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
@@ -141,14 +141,14 @@ struct Listen {
     admin_listen: Option<SocketAddr>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct SqliteArg {
     /// SQLite database file [default: ./edgelink.db].
     #[arg(long, value_name = "PATH")]
     sqlite: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct Distributed {
     /// PostgreSQL URL, e.g. postgres://user@127.0.0.1:5432/db.
     #[arg(long, value_name = "URL")]
@@ -218,6 +218,19 @@ fn load(
     let mode = flags(&mut config);
     config.validate_for(mode)?;
     Ok((config, mode))
+}
+
+/// Reads the configuration again the way it was read at start (file,
+/// environment, the same flags), validated: what SIGHUP applies.
+fn reloader(
+    common: Common,
+    flags: impl Fn(&mut Config) -> StorageMode + Send + Sync + 'static,
+) -> Box<dyn Fn() -> Result<Config, String> + Send + Sync> {
+    Box::new(move || {
+        load(&common, &flags)
+            .map(|(config, _)| config)
+            .map_err(|e| e.to_string())
+    })
 }
 
 fn apply_listen(config: &mut Config, listen: &Listen) {
@@ -290,7 +303,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             listen,
             sqlite,
         } => {
-            let (config, _) = load(&common, |c| {
+            let flags = move |c: &mut Config| {
                 apply_listen(c, &listen);
                 if let Some(p) = &sqlite.sqlite {
                     c.sqlite.path = p.clone();
@@ -301,22 +314,24 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                     c.origin.public_url = format!("http://{}", c.server.listen);
                 }
                 StorageMode::Embedded
-            })?;
+            };
+            let (config, _) = load(&common, &flags)?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
             }
-            serve_edge(config, StorageMode::Embedded)
+            serve_edge(config, StorageMode::Embedded, reloader(common, flags))
         }
         Command::Edge {
             common,
             listen,
             distributed,
         } => {
-            let (config, _) = load(&common, |c| apply_distributed(c, &listen, &distributed))?;
+            let flags = move |c: &mut Config| apply_distributed(c, &listen, &distributed);
+            let (config, _) = load(&common, &flags)?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
             }
-            serve_edge(config, StorageMode::Distributed)
+            serve_edge(config, StorageMode::Distributed, reloader(common, flags))
         }
         Command::Keypool {
             common,
@@ -392,7 +407,11 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     }
 }
 
-fn serve_edge(config: Config, mode: StorageMode) -> Result<ExitCode, Failure> {
+fn serve_edge(
+    config: Config,
+    mode: StorageMode,
+    reload: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
+) -> Result<ExitCode, Failure> {
     let rt = serving_runtime(&config.server)?;
     rt.block_on(async move {
         let stores = match mode {
@@ -409,17 +428,50 @@ fn serve_edge(config: Config, mode: StorageMode) -> Result<ExitCode, Failure> {
         })?;
         let shutdown = CancellationToken::new();
         cancel_on_signal(shutdown.clone());
-        let mounts = match &stores.embedded {
+        let mut mounts = match &stores.embedded {
             Some(sqlite) => {
                 embedded_mounts(&config, &stores, sqlite.clone(), shutdown.clone()).await?
             }
             None => edgelink_edge::Mounts::default(),
         };
+        mounts.reload = Some(edgelink_edge::Reload {
+            load: reload,
+            requests: reload_on_sighup(shutdown.clone()),
+        });
         edgelink_edge::run_with(listeners, Arc::new(config), stores, mounts, shutdown)
             .await
             .map_err(anyhow::Error::from)?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// One message per SIGHUP, until shutdown.
+fn reload_on_sighup(shutdown: CancellationToken) -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; reloads are off");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // A reload already waiting covers this one too.
+                    let _ = tx.try_send(());
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (tx, shutdown);
+    rx
 }
 
 /// The rest of the all-in-one process beside the edge: the key pool (its
@@ -436,8 +488,24 @@ async fn embedded_mounts(
     struct Channel(tokio::sync::mpsc::Sender<Invalidation>);
     #[async_trait::async_trait]
     impl Invalidator for Channel {
+        /// Returns once the edge has dropped the code, so the API's answer
+        /// is never followed by the old redirect (bounded by 1 s).
         async fn invalidate(&self, code: &str) {
-            let _ = self.0.send(Invalidation::Code(code.to_owned())).await;
+            let (done, applied) = tokio::sync::oneshot::channel();
+            let sent = async {
+                self.0
+                    .send(Invalidation::Code(code.to_owned()))
+                    .await
+                    .ok()?;
+                self.0.send(Invalidation::Barrier(done)).await.ok()?;
+                applied.await.ok()
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(1), sent)
+                .await
+                .is_err()
+            {
+                tracing::warn!(code, "tier 0 did not confirm the invalidation within 1 s");
+            }
         }
     }
     let recorder = edgelink_keypool::recorder();
@@ -480,6 +548,7 @@ async fn embedded_mounts(
         )),
         metrics: vec![recorder.handle()],
         invalidations: Some(rx),
+        reload: None,
     })
 }
 
@@ -570,7 +639,7 @@ async fn apikey(
     // Opening applies migrations, so the key tables exist.
     let store: Arc<dyn OriginStore> = match mode {
         StorageMode::Embedded => Arc::new(SqliteOrigin::new(
-            SqliteStore::open(&config.sqlite)
+            SqliteStore::open(&one_shot(&config.sqlite))
                 .await
                 .map_err(anyhow::Error::from)?,
         )),
@@ -614,9 +683,18 @@ async fn apikey(
     }
 }
 
+/// SQLite settings for a one-shot command (import, migrate, apikey): it
+/// waits up to 30 s for the file's single writer, which a running `serve`
+/// may hold for a while (the key pool's first refill, a large import).
+fn one_shot(sqlite: &edgelink_core::config::SqliteConfig) -> edgelink_core::config::SqliteConfig {
+    let mut s = sqlite.clone();
+    s.timeout_ms = s.timeout_ms.max(30_000);
+    s
+}
+
 async fn open_store(config: &Config, mode: StorageMode) -> anyhow::Result<Arc<dyn LinkStore>> {
     Ok(match mode {
-        StorageMode::Embedded => Arc::new(SqliteStore::open(&config.sqlite).await?),
+        StorageMode::Embedded => Arc::new(SqliteStore::open(&one_shot(&config.sqlite)).await?),
         StorageMode::Distributed => {
             let pg = PgStore::connect(&config.postgres).await?;
             pg.migrate().await?;

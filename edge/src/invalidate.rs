@@ -15,11 +15,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What to drop from tier 0.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Invalidation {
     Code(String),
     /// Everything: invalidations may have been missed.
     All,
+    /// Answered once everything sent before it has been applied (an
+    /// in-process origin waits for it, so its response follows the drop).
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Follows `channel` on the Redis at `url` until `shutdown`, sending each

@@ -14,19 +14,27 @@
 //!   decides what it holds).
 //! - [`invalidate`]: codes to drop from tier 0, from an in-process origin or
 //!   the shared cache's pub/sub channel.
+//! - [`tls`]: rustls termination, certificates by SNI, reloads.
+//! - [`proxy`]: the reverse proxy of `/api/` to the origin upstreams.
+//! - [`limit`]: per-client-IP rate limits and the client IP.
 //! - [`respond`]: the one place outcomes become HTTP responses.
 //! - [`metrics`]: metric names, bounded labels, handles registered once.
-//! - this file: [`run`], the routes of the public and admin listeners, and
-//!   background loops (cache gauge, metrics upkeep).
+//! - this file: [`run`], the routes of the public, admin and plain-HTTP
+//!   redirect listeners, the settings a reload swaps ([`Live`]), shutdown
+//!   and background loops (cache gauge, metrics upkeep).
 //!
-//! Public listener: `GET|HEAD /{code}`, `/healthz`, `/readyz`. Admin
-//! listener: `/metrics` (Prometheus text), `/healthz`.
+//! Public listener: `GET|HEAD /{code}`, `/healthz`, `/readyz`, and the
+//! proxied prefixes. Admin listener: `/metrics` (Prometheus text),
+//! `/healthz`.
 
 pub mod index;
 pub mod invalidate;
+pub mod limit;
 pub mod metrics;
+pub mod proxy;
 pub mod resolve;
 pub mod respond;
+pub mod tls;
 
 /// The listeners and accept loop every role shares (from edgelink-core).
 pub use edgelink_core::net::{listener, server};
@@ -36,16 +44,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgelink_core::config::Config;
+use arc_swap::ArcSwap;
+use edgelink_core::config::{Config, LimitsConfig};
+use edgelink_core::net::server::Peer;
+use edgelink_core::net::IpNet;
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::{is_valid_code, Stores};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::limit::RateLimit;
 use crate::metrics::{status_index, EdgeMetrics, InFlight, Tier};
+use crate::proxy::Proxy;
 use crate::resolve::{Answer, Resolver};
 use crate::respond::{failure, Body, Failure, LogThrottle};
+use crate::tls::Certificates;
 
 /// The bound sockets `run` serves.
 #[derive(Debug)]
@@ -54,6 +68,8 @@ pub struct Listeners {
     /// served by its own thread when there are several.
     pub public: Vec<std::net::TcpListener>,
     pub admin: std::net::TcpListener,
+    /// The plain-HTTP listener that redirects to HTTPS (`tls.redirect_listen`).
+    pub redirect: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -64,6 +80,10 @@ impl Listeners {
         Ok(Listeners {
             public: listener::bind_many(s.listen, s.public_listeners(), s.backlog)?,
             admin: listener::bind(s.admin_listen, s.backlog)?,
+            redirect: match config.tls.redirect_listen {
+                Some(addr) => Some(listener::bind(addr, s.backlog)?),
+                None => None,
+            },
         })
     }
 
@@ -77,6 +97,17 @@ impl Listeners {
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
         self.admin.local_addr()
     }
+
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// How the edge reloads its settings: `load` reads and validates the
+/// configuration again; each message on `requests` (SIGHUP) asks for it.
+pub struct Reload {
+    pub load: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
+    pub requests: tokio::sync::mpsc::Receiver<()>,
 }
 
 /// A route served by another component of the same process.
@@ -102,6 +133,64 @@ pub struct Mounts {
     /// in the same process. Without it, an edge with Redis follows the
     /// shared invalidation channel.
     pub invalidations: Option<tokio::sync::mpsc::Receiver<invalidate::Invalidation>>,
+    /// Configuration reloads (SIGHUP).
+    pub reload: Option<Reload>,
+}
+
+/// The settings a reload swaps in whole: limits, rate limits, the proxy.
+/// Requests read them through an `ArcSwap` (no lock, no reference count).
+struct Live {
+    limits: LimitsConfig,
+    trusted: Vec<IpNet>,
+    create: Option<Arc<RateLimit>>,
+    not_found: Option<Arc<RateLimit>>,
+    proxy: Option<Arc<Proxy>>,
+}
+
+impl Live {
+    /// From a validated `config`, keeping the rate-limit state and the
+    /// proxy (its pools, ejections) of `old` where their settings are
+    /// unchanged.
+    fn new(
+        config: &Config,
+        old: Option<&Live>,
+        metrics: &EdgeMetrics,
+        shutdown: &CancellationToken,
+    ) -> Live {
+        let l = &config.limits;
+        let same_limits = old.filter(|o| o.limits == *l);
+        let proxy = match old.and_then(|o| o.proxy.as_ref()) {
+            Some(p) if *p.config() == config.proxy => Some(p.clone()),
+            _ => Proxy::start(&config.proxy, metrics.proxy.clone(), shutdown.clone()),
+        };
+        Live {
+            limits: l.clone(),
+            trusted: l
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+            create: match same_limits {
+                Some(o) => o.create.clone(),
+                None => RateLimit::new(l.create_per_sec, l.create_burst, l.max_tracked_clients)
+                    .map(Arc::new),
+            },
+            not_found: match same_limits {
+                Some(o) => o.not_found.clone(),
+                None => RateLimit::new(
+                    l.not_found_per_sec,
+                    l.not_found_burst,
+                    l.max_tracked_clients,
+                )
+                .map(Arc::new),
+            },
+            proxy,
+        }
+    }
+
+    fn client_ip(&self, peer: Peer, headers: &http::HeaderMap) -> std::net::IpAddr {
+        limit::client_ip(peer.addr, headers, &self.trusted)
+    }
 }
 
 /// Shared state of one edge.
@@ -111,6 +200,8 @@ struct App {
     draining: AtomicBool,
     backend_log: LogThrottle,
     api: Option<Route>,
+    live: ArcSwap<Live>,
+    certs: Option<Arc<Certificates>>,
 }
 
 /// Serves the edge on `listeners` until `shutdown` is cancelled, then drains
@@ -143,7 +234,25 @@ pub async fn run_with(
         admin: admin_mount,
         metrics: extra_metrics,
         invalidations,
+        reload,
     } = mounts;
+    // SIGTERM marks the edge draining at once (`/readyz` 503); the
+    // listeners stop accepting `server.shutdown_grace_ms` later.
+    let signalled = shutdown;
+    let shutdown = CancellationToken::new();
+    let certs = match config.tls.certificates.as_slice() {
+        [] => None,
+        files => Some(Certificates::load(files).map_err(std::io::Error::other)?),
+    };
+    let tls = match &certs {
+        Some(c) => Some(tokio_rustls::TlsAcceptor::from(
+            c.server_config().map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
+    if let (Some(c), true) = (&certs, config.tls.watch) {
+        tls::watch(c.clone(), shutdown.clone()).map_err(std::io::Error::other)?;
+    }
     let cache_name = stores.cache.as_ref().map(|c| c.name());
     let (edge_metrics, prometheus) = EdgeMetrics::new(cache_name, stores.source.name());
     let metrics = Arc::new(edge_metrics);
@@ -153,6 +262,8 @@ pub async fn run_with(
         draining: AtomicBool::new(false),
         backend_log: LogThrottle::default(),
         api,
+        live: ArcSwap::from_pointee(Live::new(&config, None, &metrics, &shutdown)),
+        certs,
     });
     let mut publics = listeners.public.into_iter();
     let first = publics
@@ -160,29 +271,31 @@ pub async fn run_with(
         .ok_or_else(|| std::io::Error::other("no public listener"))?;
     let public = tokio::net::TcpListener::from_std(first)?;
     let admin = tokio::net::TcpListener::from_std(listeners.admin)?;
-    let drain = Duration::from_millis(config.server.drain_timeout_ms);
-    let builder = server::builder(&config.server);
-    let limits = server::ConnLimits::new(
-        config.server.max_connections,
-        metrics.connections_open.clone(),
-        metrics.connections_rejected.clone(),
+    let redirect = match listeners.redirect {
+        Some(l) => Some(tokio::net::TcpListener::from_std(l)?),
+        None => None,
+    };
+    let mut options = server::Options::plain(
+        &config.server,
+        server::ConnLimits::new(
+            config.server.max_connections,
+            metrics.connections_open.clone(),
+            metrics.connections_rejected.clone(),
+        ),
     );
+    let plain = options.clone();
+    options.tls = tls;
     let handler = {
         let app = app.clone();
-        move |req| {
+        move |req, peer| {
             let app = app.clone();
-            async move { app.handle(req).await }
+            async move { app.handle(req, peer).await }
         }
     };
 
     let mut threads = Vec::new();
     for (i, listener) in publics.enumerate() {
-        let (builder, handler, limits, shutdown) = (
-            builder.clone(),
-            handler.clone(),
-            limits.clone(),
-            shutdown.clone(),
-        );
+        let (options, handler, shutdown) = (options.clone(), handler.clone(), shutdown.clone());
         let thread = std::thread::Builder::new()
             .name(format!("edgelink-io-{}", i + 1))
             .spawn(move || -> std::io::Result<()> {
@@ -191,7 +304,7 @@ pub async fn run_with(
                     .build()?;
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    server::serve(listener, builder, handler, limits, shutdown, drain).await;
+                    server::serve(listener, options, handler, shutdown).await;
                     Ok(())
                 })
             })?;
@@ -201,25 +314,35 @@ pub async fn run_with(
         public = %public.local_addr()?,
         threads = threads.len() + 1,
         admin = %admin.local_addr()?,
+        tls = app.certs.is_some(),
         stores = ?stores,
         "edge listening"
     );
 
-    let public_task = server::serve(
-        public,
-        builder.clone(),
-        handler,
-        limits,
-        shutdown.clone(),
-        drain,
-    );
+    let public_task = server::serve(public, options, handler, shutdown.clone());
+    let https_port = config.tls.https_port;
+    let (redirect_app, redirect_shutdown) = (app.clone(), shutdown.clone());
+    let redirect_task = async move {
+        let Some(listener) = redirect else { return };
+        let app = redirect_app;
+        let handler = move |req: Request<Incoming>, peer| {
+            let app = app.clone();
+            async move {
+                match req.uri().path() {
+                    "/healthz" | "/readyz" => app.handle(req, peer).await,
+                    _ => to_https(&req, https_port),
+                }
+            }
+        };
+        server::serve(listener, plain, handler, redirect_shutdown).await;
+    };
     let mut renderers = vec![prometheus.clone()];
     renderers.extend(extra_metrics);
     let renderers = Arc::new(renderers);
     let admin_task = server::serve(
         admin,
-        builder,
-        move |req: Request<Incoming>| {
+        server::Options::internal(&config.server),
+        move |req: Request<Incoming>, _peer| {
             let renderers = renderers.clone();
             let mount = admin_mount.clone();
             async move {
@@ -229,16 +352,21 @@ pub async fn run_with(
                 }
             }
         },
-        server::ConnLimits::new(256, ::metrics::Gauge::noop(), ::metrics::Counter::noop()),
         shutdown.clone(),
-        drain,
     );
     let draining_app = app.clone();
-    let draining_token = shutdown.clone();
+    let stop_accepting = shutdown.clone();
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let mark_draining = async move {
-        draining_token.cancelled().await;
+        signalled.cancelled().await;
         draining_app.draining.store(true, Ordering::Relaxed);
+        if !grace.is_zero() {
+            tracing::info!(?grace, "draining: /readyz answers 503; still accepting");
+            tokio::time::sleep(grace).await;
+        }
+        stop_accepting.cancel();
     };
+    let reloading = follow_reloads(app.clone(), reload, shutdown.clone());
     let invalidations = match (invalidations, &config.redis.url) {
         (Some(rx), _) => Some(rx),
         (None, Some(url)) if stores.cache.is_some() => {
@@ -256,9 +384,11 @@ pub async fn run_with(
     let invalidating = apply_invalidations(app.clone(), invalidations, shutdown.clone());
     tokio::join!(
         public_task,
+        redirect_task,
         admin_task,
         mark_draining,
         invalidating,
+        reloading,
         background(app, prometheus, shutdown)
     );
     for thread in threads {
@@ -311,7 +441,57 @@ async fn apply_invalidations(
         match inv {
             invalidate::Invalidation::Code(code) => app.resolver.invalidate(&code).await,
             invalidate::Invalidation::All => app.resolver.invalidate_all().await,
+            invalidate::Invalidation::Barrier(done) => {
+                let _ = done.send(());
+            }
         }
+    }
+}
+
+/// Applies each reload request until shutdown.
+async fn follow_reloads(app: Arc<App>, reload: Option<Reload>, shutdown: CancellationToken) {
+    let Some(Reload { load, mut requests }) = reload else {
+        return;
+    };
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = requests.recv() => r,
+        };
+        if request.is_none() {
+            return;
+        }
+        match load() {
+            Ok(config) => app.apply(&config, &shutdown).await,
+            Err(e) => {
+                app.metrics.reloads_failed.increment(1);
+                tracing::error!(error = %e, "configuration not reloaded; keeping the running one");
+            }
+        }
+    }
+}
+
+/// The plain-HTTP listener's answer: 308 to the same target over HTTPS.
+fn to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return failure(Failure::NoHost);
+    };
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match port {
+        443 => format!("https://{}{target}", host.host()),
+        port => format!("https://{}:{port}{target}", host.host()),
+    };
+    match http::HeaderValue::from_str(&location) {
+        Ok(location) => {
+            respond::redirect(StatusCode::PERMANENT_REDIRECT, location, respond::NO_STORE)
+        }
+        Err(_) => failure(Failure::NoHost),
     }
 }
 
@@ -325,38 +505,118 @@ fn admin_route(renderers: &[PrometheusHandle], req: &Request<Incoming>) -> Respo
 // === impl App ===
 
 impl App {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let head = req.method() == Method::HEAD;
         let readable = head || req.method() == Method::GET;
+        let (max_uri, proxy) = {
+            let live = self.live.load();
+            let proxy = match &live.proxy {
+                Some(p) if p.owns(req.uri().path()) => Some(p.clone()),
+                _ => None,
+            };
+            (live.limits.max_uri_bytes, proxy)
+        };
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > max_uri {
+            return self.count(failure(Failure::UriTooLong), Tier::None);
+        }
         let path = req.uri().path();
-        if let Some(api) = self.api.as_ref().filter(|_| path.starts_with("/api/")) {
-            let resp = api(req).await;
-            self.metrics
-                .request(status_index(resp.status().as_u16()), Tier::None);
-            return resp;
+        let api = self.api.as_ref().filter(|_| path.starts_with("/api/"));
+        if proxy.is_some() || api.is_some() {
+            let resp = self.api_call(req, peer, proxy, api).await;
+            return self.count(resp, Tier::None);
         }
         let (mut resp, tier) = match path {
             "/healthz" if readable => (respond::text(StatusCode::OK, "ok\n"), Tier::None),
             "/readyz" if readable => (self.ready().await, Tier::None),
             _ => match path.strip_prefix('/').filter(|c| is_valid_code(c)) {
-                None => (failure(Failure::NotFound), Tier::None),
+                None => (self.not_found(&req, peer), Tier::None),
                 Some(_) if !readable => (failure(Failure::MethodNotAllowed), Tier::None),
-                Some(code) => self.redirect(code).await,
+                Some(code) => self.redirect(code, &req, peer).await,
             },
         };
-        self.metrics
-            .request(status_index(resp.status().as_u16()), tier);
         if head {
             *resp.body_mut() = Body::default();
         }
-        resp
+        self.count(resp, tier)
     }
 
     #[inline]
-    async fn redirect(&self, code: &str) -> (Response<Body>, Tier) {
-        match self.resolver.resolve(code).await {
-            Ok((answer, tier)) => {
+    fn count(&self, resp: Response<Body>, tier: Tier) -> Response<Body> {
+        self.metrics
+            .request(status_index(resp.status().as_u16()), tier);
+        resp
+    }
+
+    /// The creation API: the proxy, or the origin mounted in this process;
+    /// creations are rate limited per client IP first.
+    async fn api_call(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        proxy: Option<Arc<Proxy>>,
+        api: Option<&Route>,
+    ) -> Response<Body> {
+        let (client, trusted_peer, create) = {
+            let live = self.live.load();
+            let trusted_peer = live.trusted.iter().any(|n| n.contains(peer.addr.ip()));
+            (
+                live.client_ip(peer, req.headers()),
+                trusted_peer,
+                live.create.clone(),
+            )
+        };
+        if req.method() == Method::POST {
+            if let Some(limit) = create {
+                if let Err(wait) = limit.take(client, std::time::Instant::now()) {
+                    self.metrics.rate_limited.increment(1);
+                    return respond::rate_limited(wait);
+                }
+            }
+        }
+        match (proxy, api) {
+            (Some(proxy), _) => proxy.forward(req, peer, client, trusted_peer).await,
+            (None, Some(api)) => api(req).await,
+            (None, None) => failure(Failure::NotFound),
+        }
+    }
+
+    /// A 404 for a path that is not a code, counted against the client's
+    /// 404 budget like any other.
+    fn not_found(&self, req: &Request<Incoming>, peer: Peer) -> Response<Body> {
+        let live = self.live.load();
+        if let Some(limit) = &live.not_found {
+            let client = live.client_ip(peer, req.headers());
+            if let Err(wait) = limit.take(client, std::time::Instant::now()) {
+                self.metrics.rate_limited.increment(1);
+                return respond::rate_limited(wait);
+            }
+        }
+        failure(Failure::NotFound)
+    }
+
+    #[inline]
+    async fn redirect(
+        &self,
+        code: &str,
+        req: &Request<Incoming>,
+        peer: Peer,
+    ) -> (Response<Body>, Tier) {
+        // Only a lookup that misses tier 0 reads the 404 budget: a client
+        // that has spent it gets 429 instead of a trip to the backends.
+        let gate = || {
+            let live = self.live.load();
+            let limit = live.not_found.as_ref()?;
+            let client = live.client_ip(peer, req.headers());
+            limit.exhausted(client, std::time::Instant::now())
+        };
+        let found = self
+            .resolver
+            .resolve_gated(code, || gate().map_or(Ok(()), Err))
+            .await;
+        match found {
+            Ok(Ok((answer, tier))) => {
                 let resp = match answer {
                     Answer::Redirect {
                         expires_at: Some(exp),
@@ -369,10 +629,14 @@ impl App {
                         ..
                     } => respond::redirect(status, location, cache_control),
                     Answer::Gone => failure(Failure::Gone),
-                    Answer::NotFound => failure(Failure::NotFound),
+                    Answer::NotFound => self.not_found(req, peer),
                     Answer::Broken => failure(Failure::Internal),
                 };
                 (resp, tier)
+            }
+            Ok(Err(wait)) => {
+                self.metrics.rate_limited.increment(1);
+                (respond::rate_limited(wait), Tier::None)
             }
             Err(e) => {
                 if self.backend_log.allow() {
@@ -381,6 +645,20 @@ impl App {
                 (failure(Failure::Unavailable), Tier::Store)
             }
         }
+    }
+
+    /// Swaps in a reloaded configuration (already validated).
+    async fn apply(&self, config: &Config, shutdown: &CancellationToken) {
+        let live = Live::new(config, Some(&self.live.load()), &self.metrics, shutdown);
+        self.live.store(Arc::new(live));
+        self.resolver.set_redirect(&config.redirect).await;
+        if let Some(certs) = &self.certs {
+            if let Err(e) = certs.reload_from(&config.tls.certificates) {
+                tracing::error!(error = %e, "certificates not reloaded; keeping the old ones");
+            }
+        }
+        self.metrics.reloads.increment(1);
+        tracing::info!("configuration reloaded");
     }
 
     /// 200 when the source of truth answers (`degraded` in the body when the

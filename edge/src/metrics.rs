@@ -21,9 +21,20 @@ pub const LOOKUP_DURATION_SECONDS: &str = "edgelink_backend_lookup_duration_seco
 pub const BACKEND_ERRORS_TOTAL: &str = "edgelink_backend_errors_total";
 pub const CONNECTIONS_OPEN: &str = "edgelink_connections_open";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "edgelink_connections_rejected_total";
+pub const RATE_LIMITED_TOTAL: &str = "edgelink_rate_limited_total";
+pub const RELOADS_TOTAL: &str = "edgelink_config_reloads_total";
+pub const RELOAD_FAILURES_TOTAL: &str = "edgelink_config_reload_failures_total";
+pub const PROXY_REQUESTS_TOTAL: &str = "edgelink_proxy_requests_total";
+pub const PROXY_RETRIES_TOTAL: &str = "edgelink_proxy_retries_total";
+pub const PROXY_EJECTIONS_TOTAL: &str = "edgelink_proxy_ejections_total";
+pub const PROXY_FAILURES_TOTAL: &str = "edgelink_proxy_failures_total";
 
-/// Status codes the public listener answers with, in label order.
-pub const STATUSES: [u16; 12] = [200, 301, 302, 307, 308, 400, 404, 405, 410, 500, 503, 504];
+/// Status codes the public listener answers with (its own and the
+/// proxied API's), in label order; any other counts as 500.
+pub const STATUSES: [u16; 22] = [
+    200, 201, 204, 301, 302, 307, 308, 400, 401, 403, 404, 405, 409, 410, 413, 414, 422, 429, 500,
+    502, 503, 504,
+];
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +70,17 @@ pub fn status_index(status: u16) -> usize {
         .unwrap_or(INTERNAL_ERROR_INDEX)
 }
 
-const INTERNAL_ERROR_INDEX: usize = 9;
+const INTERNAL_ERROR_INDEX: usize = 18;
+
+/// The reverse proxy's handles.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    pub forwarded: Counter,
+    pub retries: Counter,
+    pub ejections: Counter,
+    /// Answers the proxy made itself: 502, 503, 504.
+    pub failed: [Counter; 3],
+}
 
 pub struct EdgeMetrics {
     requests: [[Counter; TIERS]; STATUSES.len()],
@@ -72,6 +93,10 @@ pub struct EdgeMetrics {
     errors: [[Counter; ERROR_KINDS.len()]; 2],
     pub connections_open: Gauge,
     pub connections_rejected: Counter,
+    pub rate_limited: Counter,
+    pub reloads: Counter,
+    pub reloads_failed: Counter,
+    pub proxy: ProxyMetrics,
 }
 
 impl EdgeMetrics {
@@ -148,6 +173,16 @@ impl EdgeMetrics {
                 }),
                 connections_open: metrics::gauge!(CONNECTIONS_OPEN),
                 connections_rejected: metrics::counter!(CONNECTIONS_REJECTED_TOTAL),
+                rate_limited: metrics::counter!(RATE_LIMITED_TOTAL),
+                reloads: metrics::counter!(RELOADS_TOTAL),
+                reloads_failed: metrics::counter!(RELOAD_FAILURES_TOTAL),
+                proxy: ProxyMetrics {
+                    forwarded: metrics::counter!(PROXY_REQUESTS_TOTAL),
+                    retries: metrics::counter!(PROXY_RETRIES_TOTAL),
+                    ejections: metrics::counter!(PROXY_EJECTIONS_TOTAL),
+                    failed: ["502", "503", "504"]
+                        .map(|s| metrics::counter!(PROXY_FAILURES_TOTAL, "status" => s)),
+                },
             }
         });
         (m, handle)
@@ -169,21 +204,13 @@ impl EdgeMetrics {
     }
 }
 
+/// The label of `s`, from the same table as [`STATUSES`].
 fn status_label(s: u16) -> &'static str {
-    match s {
-        200 => "200",
-        301 => "301",
-        302 => "302",
-        307 => "307",
-        308 => "308",
-        400 => "400",
-        404 => "404",
-        405 => "405",
-        410 => "410",
-        503 => "503",
-        504 => "504",
-        _ => "500",
-    }
+    const LABELS: [&str; STATUSES.len()] = [
+        "200", "201", "204", "301", "302", "307", "308", "400", "401", "403", "404", "405", "409",
+        "410", "413", "414", "422", "429", "500", "502", "503", "504",
+    ];
+    LABELS[status_index(s)]
 }
 
 fn describe() {
@@ -222,6 +249,25 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REJECTED_TOTAL,
         "Connections closed at accept because the connection cap was reached."
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests answered 429 by a per-client-IP rate limit."
+    );
+    describe_counter!(RELOADS_TOTAL, "Configuration reloads applied.");
+    describe_counter!(
+        RELOAD_FAILURES_TOTAL,
+        "Configuration reloads refused (the running configuration was kept)."
+    );
+    describe_counter!(PROXY_REQUESTS_TOTAL, "Requests sent to the reverse proxy.");
+    describe_counter!(PROXY_RETRIES_TOTAL, "Proxy attempts that were retries.");
+    describe_counter!(
+        PROXY_EJECTIONS_TOTAL,
+        "Upstream hosts ejected by outlier detection."
+    );
+    describe_counter!(
+        PROXY_FAILURES_TOTAL,
+        "Answers the proxy made itself because no upstream answered, by status."
     );
 }
 

@@ -11,8 +11,11 @@
 //! `try_get_with`); unknown codes are cached for a short negative TTL; a
 //! backend failure is not cached, so the next request tries again.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 
@@ -97,7 +100,9 @@ pub struct Resolver {
     cache: Cache<String, Arc<Entry>>,
     tier1: Option<Arc<dyn LinkCache>>,
     tier2: Arc<dyn LinkStore>,
-    permanent_cache_control: HeaderValue,
+    /// `Cache-Control` of permanent redirects (`redirect.permanent_max_age_secs`,
+    /// reloadable).
+    permanent_cache_control: ArcSwap<HeaderValue>,
     metrics: Arc<EdgeMetrics>,
 }
 
@@ -112,7 +117,6 @@ impl Resolver {
             ttl: Duration::from_secs(cache.ttl_secs),
             negative_ttl: Duration::from_secs(cache.negative_ttl_secs),
         };
-        let permanent = format!("public, max-age={}", redirect.permanent_max_age_secs);
         let index = Arc::new(Index::new());
         let evicted = index.clone();
         Resolver {
@@ -127,27 +131,60 @@ impl Resolver {
                 .build(),
             tier1: stores.cache.clone(),
             tier2: stores.source.clone(),
-            permanent_cache_control: HeaderValue::from_str(&permanent).unwrap_or(NO_STORE),
+            permanent_cache_control: ArcSwap::from_pointee(permanent_cache_control(redirect)),
             metrics,
+        }
+    }
+
+    /// Applies reloaded redirect settings; tier 0 is emptied when they
+    /// change, since its answers carry the old headers.
+    pub async fn set_redirect(&self, redirect: &RedirectConfig) {
+        let new = permanent_cache_control(redirect);
+        if **self.permanent_cache_control.load() != new {
+            self.permanent_cache_control.store(Arc::new(new));
+            self.invalidate_all().await;
         }
     }
 
     /// Resolves a valid code: the answer and the tier it came from. `Err`
     /// means the backends could not answer and nothing was cached.
     pub async fn resolve(&self, code: &str) -> Result<(Answer, Tier), Arc<StoreError>> {
+        match self
+            .resolve_gated(code, || Ok::<(), Infallible>(()))
+            .await?
+        {
+            Ok(found) => Ok(found),
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Resolver::resolve`], asking `gate` before going past tier 0: an
+    /// `Err` from it is returned instead of asking the backends (a client
+    /// out of 404 tokens).
+    pub async fn resolve_gated<W>(
+        &self,
+        code: &str,
+        gate: impl FnOnce() -> Result<(), W>,
+    ) -> Result<Result<(Answer, Tier), W>, Arc<StoreError>> {
         let hash = self.index.hash(code);
-        if let Some(answer) = self.index.get(code, hash, &self.permanent_cache_control) {
+        let hit = self
+            .index
+            .get(code, hash, &self.permanent_cache_control.load());
+        if let Some(answer) = hit {
             self.metrics.cache_hits.increment(1);
             if index::sampled() {
                 // Keeps moka's eviction policy informed of what is hot.
                 let _ = self.cache.get(code).await;
             }
-            return Ok((answer, Tier::Memory));
+            return Ok(Ok((answer, Tier::Memory)));
         }
         if let Some(entry) = self.cache.get(code).await {
             self.metrics.cache_hits.increment(1);
             self.index_entry(code, hash, &entry);
-            return Ok((entry.answer.clone(), Tier::Memory));
+            return Ok(Ok((entry.answer.clone(), Tier::Memory)));
+        }
+        if let Err(refused) = gate() {
+            return Ok(Err(refused));
         }
         self.metrics.cache_misses.increment(1);
         let entry = self
@@ -155,7 +192,7 @@ impl Resolver {
             .try_get_with_by_ref(code, self.load(code))
             .await?;
         self.index_entry(code, hash, &entry);
-        Ok((entry.answer.clone(), entry.source))
+        Ok(Ok((entry.answer.clone(), entry.source)))
     }
 
     fn index_entry(&self, code: &str, hash: u64, entry: &Entry) {
@@ -276,7 +313,7 @@ impl Resolver {
                     // An expiring link must turn 410 on time, so only
                     // permanent links without an expiry may be cached downstream.
                     cache_control: if link.redirect.is_permanent() && link.expires_at.is_none() {
-                        self.permanent_cache_control.clone()
+                        (**self.permanent_cache_control.load()).clone()
                     } else {
                         NO_STORE
                     },
@@ -294,4 +331,9 @@ impl Resolver {
             block,
         })
     }
+}
+
+fn permanent_cache_control(redirect: &RedirectConfig) -> HeaderValue {
+    let value = format!("public, max-age={}", redirect.permanent_max_age_secs);
+    HeaderValue::from_str(&value).unwrap_or(NO_STORE)
 }

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::Full;
 
 use edgelink_core::link::now_unix;
 
@@ -34,6 +33,10 @@ pub enum Failure {
     Unavailable,
     /// The stored data cannot be served.
     Internal,
+    /// The request target is longer than `limits.max_uri_bytes`.
+    UriTooLong,
+    /// A plain-HTTP request without a usable `Host` to redirect to.
+    NoHost,
 }
 
 impl Failure {
@@ -44,6 +47,8 @@ impl Failure {
             Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Failure::UriTooLong => StatusCode::URI_TOO_LONG,
+            Failure::NoHost => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -64,13 +69,19 @@ impl Failure {
             Failure::Internal => {
                 r#"{"error":{"code":"internal","message":"this link cannot be served"}}"#
             }
+            Failure::UriTooLong => {
+                r#"{"error":{"code":"uri_too_long","message":"the request target is too long"}}"#
+            }
+            Failure::NoHost => {
+                r#"{"error":{"code":"no_host","message":"the request has no usable Host header"}}"#
+            }
         }
     }
 }
 
 /// An error response with its JSON body.
 pub fn failure(f: Failure) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(f.body().as_bytes())));
+    let mut resp = Response::new(Body::new(Bytes::from_static(f.body().as_bytes())));
     *resp.status_mut() = f.status();
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, JSON);
@@ -94,11 +105,25 @@ pub fn redirect(
     location: HeaderValue,
     cache_control: HeaderValue,
 ) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Body::default());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(LOCATION, location);
     h.insert(CACHE_CONTROL, cache_control);
+    resp
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up).
+pub fn rate_limited(wait: std::time::Duration) -> Response<Body> {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut resp = Response::new(Body::new(Bytes::from_static(
+        br#"{"error":{"code":"rate_limited","message":"too many requests from this address; slow down"}}"#,
+    )));
+    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, JSON);
+    h.insert(CACHE_CONTROL, NO_STORE);
+    h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
     resp
 }
 
@@ -148,6 +173,8 @@ mod tests {
             Failure::MethodNotAllowed,
             Failure::Unavailable,
             Failure::Internal,
+            Failure::UriTooLong,
+            Failure::NoHost,
         ] {
             let v: serde_json::Value = serde_json::from_str(f.body()).unwrap();
             assert!(v["error"]["code"].is_string(), "{f:?}");
@@ -161,6 +188,17 @@ mod tests {
         let r = failure(Failure::Unavailable);
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn rate_limited_rounds_retry_after_up() {
+        let r = rate_limited(std::time::Duration::from_millis(1_200));
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "2");
+        assert_eq!(
+            rate_limited(std::time::Duration::ZERO).headers()[RETRY_AFTER],
+            "1"
+        );
     }
 
     #[test]

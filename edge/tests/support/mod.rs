@@ -11,7 +11,7 @@ use bytes::Bytes;
 use edgelink_core::config::Config;
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::{LinkCache, LinkStore, Stores};
-use edgelink_edge::{listener, Listeners};
+use edgelink_edge::{listener, Listeners, Mounts};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -47,6 +47,8 @@ pub async fn distributed_stores(db: &TestDb, config: &mut Config, with_redis: bo
 pub struct TestEdge {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The plain-HTTP redirect listener, when `tls.redirect_listen` is set.
+    pub redirect: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -76,18 +78,34 @@ impl TestEdge {
     /// An edge with `public_listeners` listeners on one port (per-core mode:
     /// all but the first get a thread of their own).
     pub async fn start_with(config: Config, stores: Stores, public_listeners: usize) -> TestEdge {
+        Self::start_full(config, stores, public_listeners, Mounts::default()).await
+    }
+
+    /// An edge with other components (or a reload source) mounted.
+    pub async fn start_full(
+        config: Config,
+        stores: Stores,
+        public_listeners: usize,
+        mounts: Mounts,
+    ) -> TestEdge {
         let listeners = Listeners {
             public: listener::bind_many("127.0.0.1:0".parse().unwrap(), public_listeners, 4096)
                 .unwrap(),
             admin: listener::bind("127.0.0.1:0".parse().unwrap(), 128).unwrap(),
+            redirect: config
+                .tls
+                .redirect_listen
+                .map(|a| listener::bind(a, 128).unwrap()),
         };
         let addr = listeners.public_addr().unwrap();
         let admin = listeners.admin_addr().unwrap();
+        let redirect = listeners.redirect_addr();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(edgelink_edge::run(
+        let task = tokio::spawn(edgelink_edge::run_with(
             listeners,
             Arc::new(config),
             stores,
+            mounts,
             shutdown.clone(),
         ));
         let mut connector = HttpConnector::new();
@@ -96,6 +114,7 @@ impl TestEdge {
         TestEdge {
             addr,
             admin,
+            redirect,
             shutdown,
             task,
             client,

@@ -1,0 +1,223 @@
+//! Per-client-IP token buckets and the client IP itself.
+//!
+//! Buckets live in 32 shards, each a small `Mutex<HashMap>`; only the
+//! creation API and 404 answers consult them, never a tier-0 redirect hit.
+//! A shard that reaches its share of `max_tracked_clients` first forgets
+//! the buckets that have refilled (they are the same as no bucket); if it is
+//! still full, clients it cannot track share one overflow bucket, so memory
+//! stays bounded however many addresses a scan comes from.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use edgelink_core::net::IpNet;
+use http::HeaderMap;
+
+const SHARDS: usize = 32;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+struct Shard {
+    buckets: HashMap<IpAddr, Bucket>,
+    overflow: Bucket,
+}
+
+/// One rate limit: `per_sec` tokens a second per client, up to `burst`.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_sec: f64,
+    burst: f64,
+    per_shard: usize,
+    hasher: RandomState,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl RateLimit {
+    /// `None` when `per_sec` is 0 (no limit).
+    pub fn new(per_sec: f64, burst: u32, max_clients: usize) -> Option<RateLimit> {
+        if per_sec <= 0.0 {
+            return None;
+        }
+        let now = Instant::now();
+        let burst = f64::from(burst.max(1));
+        Some(RateLimit {
+            per_sec,
+            burst,
+            per_shard: max_clients.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        buckets: HashMap::new(),
+                        overflow: Bucket {
+                            tokens: burst,
+                            at: now,
+                        },
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// Takes a token for `ip`: `Err(wait)` when there is none, with how long
+    /// until there is one (for `Retry-After`).
+    pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.with_bucket(ip, now, |b| {
+            if b.tokens >= 1.0 {
+                b.tokens -= 1.0;
+                Ok(())
+            } else {
+                Err(Duration::from_secs_f64((1.0 - b.tokens) / self.per_sec))
+            }
+        })
+    }
+
+    /// Whether `ip` is out of tokens now (without taking one), and for how long.
+    pub fn exhausted(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        self.with_bucket(ip, now, |b| {
+            (b.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - b.tokens) / self.per_sec))
+        })
+    }
+
+    fn with_bucket<T>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut Bucket) -> T) -> T {
+        let shard = &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS];
+        let mut shard = shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (per_sec, burst) = (self.per_sec, self.burst);
+        let refill = |b: &mut Bucket| {
+            let dt = now.saturating_duration_since(b.at).as_secs_f64();
+            b.tokens = (b.tokens + dt * per_sec).min(burst);
+            b.at = now;
+        };
+        if !shard.buckets.contains_key(&ip) && shard.buckets.len() >= self.per_shard {
+            // Forget the clients whose buckets are full again.
+            let full_after = Duration::from_secs_f64(burst / per_sec);
+            shard
+                .buckets
+                .retain(|_, b| now.saturating_duration_since(b.at) < full_after);
+        }
+        if shard.buckets.len() >= self.per_shard && !shard.buckets.contains_key(&ip) {
+            refill(&mut shard.overflow);
+            return f(&mut shard.overflow);
+        }
+        let bucket = shard.buckets.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        refill(bucket);
+        f(bucket)
+    }
+
+    /// Clients tracked now (for tests and the metrics loop).
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |s| s.buckets.len()))
+            .sum()
+    }
+}
+
+/// The client's address: the socket's peer, or, when the peer is a trusted
+/// proxy, the right-most address in `X-Forwarded-For` that is not itself a
+/// trusted proxy.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer_ip = peer.ip();
+    if trusted.is_empty() || !is_trusted(peer_ip) {
+        return peer_ip;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return ip,
+            // A hop we cannot read: nothing left of it can be believed.
+            Err(_) => break,
+        }
+    }
+    peer_ip
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|_| panic!("{s}"))
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let Some(limit) = RateLimit::new(2.0, 3, 100) else {
+            panic!("a limit")
+        };
+        let t0 = Instant::now();
+        let a = ip("10.0.0.1");
+        for _ in 0..3 {
+            assert_eq!(limit.take(a, t0), Ok(()));
+        }
+        let wait = limit.take(a, t0).err().unwrap_or_default();
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
+        assert!(limit.exhausted(a, t0).is_some());
+        // Another client has its own bucket.
+        assert_eq!(limit.take(ip("10.0.0.2"), t0), Ok(()));
+        // Half a second later one token is back.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(limit.exhausted(a, t1), None);
+        assert_eq!(limit.take(a, t1), Ok(()));
+        assert!(limit.take(a, t1).is_err());
+    }
+
+    #[test]
+    fn tracking_is_bounded() {
+        let Some(limit) = RateLimit::new(1.0, 1, 64) else {
+            panic!("a limit")
+        };
+        let t0 = Instant::now();
+        for i in 0..10_000u32 {
+            let _ = limit.take(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert!(limit.tracked() <= 64 + SHARDS, "{}", limit.tracked());
+        // Long after, the full buckets are forgotten to make room.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(limit.take(ip("192.0.2.1"), later), Ok(()));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 10.1.1.1".parse().unwrap_or_else(|_| panic!()),
+        );
+        let proxy: SocketAddr = "10.0.0.5:4000".parse().unwrap_or_else(|_| panic!());
+        let stranger: SocketAddr = "198.51.100.7:4000".parse().unwrap_or_else(|_| panic!());
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("203.0.113.9"));
+        assert_eq!(client_ip(stranger, &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(client_ip(proxy, &h, &[]), ip("10.0.0.5"));
+        assert_eq!(
+            client_ip(proxy, &HeaderMap::new(), &trusted),
+            ip("10.0.0.5")
+        );
+        h.insert(
+            "x-forwarded-for",
+            "junk, 10.1.1.1".parse().unwrap_or_else(|_| panic!()),
+        );
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("10.0.0.5"));
+    }
+}
