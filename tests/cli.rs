@@ -61,13 +61,13 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+    fn stop(self) -> std::process::ExitStatus {
+        signal(&self, "-TERM");
+        self.stop_waiting()
+    }
+
+    /// The exit status, once the process ends (a signal was sent already).
+    fn stop_waiting(mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -437,4 +437,180 @@ fn keypool_role_fills_the_pool_and_serves_its_admin_endpoint() {
     );
     assert_eq!(server.stop().code(), Some(0));
     drop(db);
+}
+
+/// Sends `signal` (e.g. "-HUP") to the server.
+fn signal(server: &Server, signal: &str) {
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// One keep-alive HTTP/1.1 exchange on `s`: the status, or `None` when the
+/// connection failed before a whole answer arrived.
+fn keep_alive_get(s: &mut TcpStream, path: &str) -> Option<u16> {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).ok()?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(Some(0), |v| v.trim().parse().ok())?;
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).ok()?;
+    head[9..12].parse().ok()
+}
+
+#[test]
+fn sigterm_under_load_fails_no_request_and_lets_in_flight_ones_finish() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    // An upstream that takes 1.5 s to answer: the in-flight request.
+    let slow = TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in slow.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                std::thread::sleep(Duration::from_millis(1_500));
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nslow\n",
+                );
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edgelink.db");
+    let config = dir.path().join("edgelink.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshutdown_grace_ms = 1000\ndrain_timeout_ms = 5000\n\n\
+             [proxy]\nupstreams = [\"http://{slow_addr}\"]\nprefixes = [\"/slow/\"]\n\
+             health_check_path = \"\"\ntimeout_ms = 10000\n\n\
+             [limits]\nnot_found_per_sec = 0.0\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        edgelink()
+            .args(["serve", "--sqlite"])
+            .arg(&db)
+            .arg("--config")
+            .arg(&config),
+    );
+    let csv = write_csv(dir.path(), "one.csv", "hello,https://example.com/\n");
+    assert!(
+        run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db))
+            .status
+            .success()
+    );
+
+    // A load balancer's view: it stops sending once /readyz says 503.
+    let out_of_rotation = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let addr = server.addr;
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (out_of_rotation.clone(), ok.clone(), failed.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match keep_alive_get(&mut s, "/hello") {
+                    Some(302) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let in_flight = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        keep_alive_get(&mut s, "/slow/x")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&server, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if keep_alive_get(&mut s, "/readyz") == Some(503) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    out_of_rotation.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        in_flight.join().unwrap(),
+        Some(200),
+        "the in-flight request finished"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} ok",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        server.stop_waiting().code(),
+        Some(0),
+        "drained, then exit 0"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_it_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edgelink.db");
+    let config = dir.path().join("edgelink.toml");
+    std::fs::write(&config, "[limits]\nmax_uri_bytes = 2048\n").unwrap();
+    let server = Server::start(
+        edgelink()
+            .args(["serve", "--sqlite"])
+            .arg(&db)
+            .arg("--config")
+            .arg(&config),
+    );
+    let csv = write_csv(dir.path(), "one.csv", "hello,https://example.com/\n");
+    assert!(
+        run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db))
+            .status
+            .success()
+    );
+    let long = format!("/hello?{}", "q".repeat(100));
+    assert_eq!(get(server.addr, &long).0, 302);
+
+    std::fs::write(&config, "[limits]\nmax_uri_bytes = 64\n").unwrap();
+    signal(&server, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(server.addr, &long).0 != 414 {
+        assert!(Instant::now() < deadline, "the reload did not apply");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // An invalid file: refused, the running settings stay.
+    std::fs::write(&config, "[limits]\nmax_uri_bytes = 1\n").unwrap();
+    signal(&server, "-HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(server.addr, &long).0, 414);
+    assert_eq!(get(server.addr, "/hello").0, 302);
+    assert_eq!(server.stop().code(), Some(0));
 }

@@ -44,6 +44,10 @@ pub fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
         .max_buf_size(config.max_header_bytes.max(8192))
+        // A client may shut its side after its last request and still get
+        // the answers; the framing guard relies on it (it ends the read
+        // side before a refused request, then answers 400 on shutdown).
+        .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

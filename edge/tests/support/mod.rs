@@ -88,6 +88,9 @@ impl TestEdge {
         public_listeners: usize,
         mounts: Mounts,
     ) -> TestEdge {
+        if std::env::var_os("EDGELINK_TEST_LOG").is_some() {
+            edgelink_core::telemetry::init();
+        }
         let listeners = Listeners {
             public: listener::bind_many("127.0.0.1:0".parse().unwrap(), public_listeners, 4096)
                 .unwrap(),
