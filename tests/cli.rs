@@ -614,3 +614,32 @@ fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_it_is_bad() {
     assert_eq!(get(server.addr, "/hello").0, 302);
     assert_eq!(server.stop().code(), Some(0));
 }
+
+#[test]
+fn the_readme_edge_toml_example_is_a_valid_configuration() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## The edge as the front door")
+        .nth(1)
+        .unwrap();
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edge.toml");
+    std::fs::write(&file, example).unwrap();
+    let out = run(edgelink()
+        .args([
+            "edge",
+            "--check",
+            "--postgres-url",
+            "postgres://x@127.0.0.1/y",
+            "--config",
+        ])
+        .arg(&file));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}
