@@ -51,6 +51,10 @@ pub fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
+        // Pings find dead peers; an idle HTTP/2 connection is otherwise
+        // kept (the connection cap bounds how many).
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(config.h2_max_concurrent_streams);
     b
