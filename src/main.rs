@@ -289,6 +289,17 @@ fn serving_runtime(server: &ServerConfig) -> anyhow::Result<tokio::runtime::Runt
     })
 }
 
+/// The certificates of `[tls]` must load (readable PEM, keys matching)
+/// for the configuration to be valid, so `--check` catches them too.
+fn check_certificates(config: &Config) -> Result<(), ConfigError> {
+    if config.tls.certificates.is_empty() {
+        return Ok(());
+    }
+    edgelink_edge::tls::Certificates::load(&config.tls.certificates)
+        .map(drop)
+        .map_err(|e| ConfigError::Invalid(format!("tls.certificates: {e}")))
+}
+
 fn checked(check: bool) -> Option<ExitCode> {
     check.then(|| {
         println!("configuration is valid");
@@ -316,6 +327,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                 StorageMode::Embedded
             };
             let (config, _) = load(&common, &flags)?;
+            check_certificates(&config)?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
             }
@@ -328,6 +340,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         } => {
             let flags = move |c: &mut Config| apply_distributed(c, &listen, &distributed);
             let (config, _) = load(&common, &flags)?;
+            check_certificates(&config)?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
             }

@@ -630,16 +630,47 @@ fn the_readme_edge_toml_example_is_a_valid_configuration() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("edge.toml");
+    let check = |file: &Path| {
+        run(edgelink()
+            .args([
+                "edge",
+                "--check",
+                "--postgres-url",
+                "postgres://x@127.0.0.1/y",
+            ])
+            .arg("--config")
+            .arg(file))
+    };
+
+    // Its certificate paths are examples: `--check` loads them, and says so.
     std::fs::write(&file, example).unwrap();
-    let out = run(edgelink()
-        .args([
-            "edge",
-            "--check",
-            "--postgres-url",
-            "postgres://x@127.0.0.1/y",
-            "--config",
-        ])
-        .arg(&file));
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls.certificates: /etc/edgelink/tls/sho.rt.crt"),
+        "{err}"
+    );
+
+    // With the certificates in place, all of it is valid.
+    let mut text = example.to_owned();
+    for (stem, name) in [("sho.rt", "sho.rt"), ("wildcard.example", "*.example")] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        for (ext, pem) in [("crt", cert.pem()), ("key", key.serialize_pem())] {
+            let path = dir.path().join(format!("{stem}.{ext}"));
+            std::fs::write(&path, pem).unwrap();
+            text = text.replace(
+                &format!("/etc/edgelink/tls/{stem}.{ext}"),
+                path.to_str().unwrap(),
+            );
+        }
+    }
+    std::fs::write(&file, text).unwrap();
+    let out = check(&file);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
