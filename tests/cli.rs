@@ -439,6 +439,23 @@ fn keypool_role_fills_the_pool_and_serves_its_admin_endpoint() {
     drop(db);
 }
 
+/// `edgelink serve --config <config>` on a database in `dir` holding
+/// `/hello` -> https://example.com/.
+fn serve_hello(dir: &Path, config: &Path) -> Server {
+    let db = dir.join("edgelink.db");
+    let server = Server::start(
+        edgelink()
+            .args(["serve", "--sqlite"])
+            .arg(&db)
+            .arg("--config")
+            .arg(config),
+    );
+    let csv = write_csv(dir, "one.csv", "hello,https://example.com/\n");
+    let out = run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db));
+    assert!(out.status.success(), "{out:?}");
+    server
+}
+
 /// Sends `signal` (e.g. "-HUP") to the server.
 fn signal(server: &Server, signal: &str) {
     let pid = server.child.id().to_string();
@@ -492,7 +509,6 @@ fn sigterm_under_load_fails_no_request_and_lets_in_flight_ones_finish() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("edgelink.db");
     let config = dir.path().join("edgelink.toml");
     std::fs::write(
         &config,
@@ -504,19 +520,7 @@ fn sigterm_under_load_fails_no_request_and_lets_in_flight_ones_finish() {
         ),
     )
     .unwrap();
-    let server = Server::start(
-        edgelink()
-            .args(["serve", "--sqlite"])
-            .arg(&db)
-            .arg("--config")
-            .arg(&config),
-    );
-    let csv = write_csv(dir.path(), "one.csv", "hello,https://example.com/\n");
-    assert!(
-        run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db))
-            .status
-            .success()
-    );
+    let server = serve_hello(dir.path(), &config);
 
     // A load balancer's view: it stops sending once /readyz says 503.
     let out_of_rotation = Arc::new(AtomicBool::new(false));
@@ -579,22 +583,9 @@ fn sigterm_under_load_fails_no_request_and_lets_in_flight_ones_finish() {
 #[test]
 fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_it_is_bad() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("edgelink.db");
     let config = dir.path().join("edgelink.toml");
     std::fs::write(&config, "[limits]\nmax_uri_bytes = 2048\n").unwrap();
-    let server = Server::start(
-        edgelink()
-            .args(["serve", "--sqlite"])
-            .arg(&db)
-            .arg("--config")
-            .arg(&config),
-    );
-    let csv = write_csv(dir.path(), "one.csv", "hello,https://example.com/\n");
-    assert!(
-        run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db))
-            .status
-            .success()
-    );
+    let server = serve_hello(dir.path(), &config);
     let long = format!("/hello?{}", "q".repeat(100));
     assert_eq!(get(server.addr, &long).0, 302);
 

@@ -284,15 +284,7 @@ impl Proxy {
             let (resp, failure) = match outcome {
                 None => {
                     self.record(index, false);
-                    self.metrics.failed[2].increment(1);
-                    return with_request_id(
-                        json_error(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "upstream_timeout",
-                            "the origin did not answer in time",
-                        ),
-                        &request_id,
-                    );
+                    return with_request_id(self.timed_out(), &request_id);
                 }
                 Some(Attempt::Answered(resp)) if resp.status().is_server_error() => {
                     let why = format!("{} answered {}", upstream.base, resp.status());
@@ -339,17 +331,18 @@ impl Proxy {
                 .await
                 .is_err()
             {
-                self.metrics.failed[2].increment(1);
-                return with_request_id(
-                    json_error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        "the origin did not answer in time",
-                    ),
-                    &request_id,
-                );
+                return with_request_id(self.timed_out(), &request_id);
             }
         }
+    }
+
+    fn timed_out(&self) -> Response<Body> {
+        self.metrics.failed[2].increment(1);
+        json_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the origin did not answer in time",
+        )
     }
 
     fn bad_gateway(&self, why: &str) -> Response<Body> {
