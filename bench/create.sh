@@ -9,7 +9,8 @@
 # POST /api/v1/links with oha for BENCH_DURATION (10s) at BENCH_CONNS (32)
 # connections, BENCH_ROUNDS (3) times, alternating the origin directly and
 # through the edge (the cost of the proxy hop), and prints creates/s and
-# latency percentiles. Knobs: BENCH_POSTGRES_URL (admin URL; a database
+# latency percentiles; then the hop alone, on a route that reads no database
+# (GET /api/v1/openapi.json, 5 s rounds). Knobs: BENCH_POSTGRES_URL (admin URL; a database
 # edgelink_bench_create is recreated), BENCH_PIN ("SERVER_CPUS:LOAD_CPUS"),
 # BENCH_VIA ("origin", "edge" or "both", the default), BENCH_BIN (a release
 # binary; default: build this tree).
@@ -80,6 +81,24 @@ for via in vias:
 if len(med) == 2:
     print(f"through the edge: {med['edge'][0] / med['origin'][0]:.2f}x the origin's creates/s, "
           f"p50 +{med['edge'][1] - med['origin'][1]:.2f} ms, p99 +{med['edge'][2] - med['origin'][2]:.2f} ms")
+PY
+# The hop alone: a route that touches no database (the OpenAPI document).
+for r in $(seq 1 "$ROUNDS"); do
+  for via in "${VIA[@]}"; do
+    [ "$via" = origin ] && p=$API || p=$EDGE
+    "${LOAD_PIN[@]}" oha --no-tui -z 5s -c "$CONNS" --output-format json -o "$OUT/$via-doc$r.json" \
+      "http://127.0.0.1:$p/api/v1/openapi.json"
+  done
+done
+python3 - "$OUT" "$ROUNDS" "${VIA[@]}" <<'PY'
+import json, statistics, sys, pathlib
+out, rounds, vias = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+for via in vias:
+    runs = [json.load(open(out / f"{via}-doc{r}.json")) for r in range(1, rounds + 1)]
+    rps = [r["summary"]["requestsPerSec"] for r in runs]
+    p50 = statistics.median(r["latencyPercentiles"]["p50"] for r in runs) * 1000
+    p99 = statistics.median(r["latencyPercentiles"]["p99"] for r in runs) * 1000
+    print(f"GET /api/v1/openapi.json {via:>6}: median {statistics.median(rps):.0f} req/s ({', '.join(f'{x:.0f}' for x in rps)})  p50 {p50:.2f} ms  p99 {p99:.2f} ms")
 PY
 stored=$(psql "$PG_URL" -Atc 'SELECT count(*) FROM links')
 echo "links stored: $stored; $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1); raw: $OUT"

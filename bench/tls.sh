@@ -39,6 +39,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
 awk -v n="$N" 'BEGIN { print "code,url"; for (i = 0; i < n; i++) printf "k%07d,https://example.com/landing/%d\n", i, i }' > "$OUT/links.csv"
 RUST_LOG=warn "$BIN" import "$OUT/links.csv" --sqlite "$OUT/edge.db" >/dev/null
+cp "$OUT/edge.db" "$OUT/edge-plain.db"   # each `serve` its own file (each runs a key pool writer)
 
 NG_TLS=$(port); NG_PLAIN=$(port)
 cat > "$OUT/nginx/nginx.conf" <<NGINX
@@ -61,8 +62,8 @@ http {
 NGINX
 "${SERVER_PIN[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 
-# The edge: TLS on the public listener, plain HTTP on a second `serve` of
-# the same database (read-only use; the bench writes nothing).
+# The edge: TLS on the public listener, plain HTTP on a second `serve` of a
+# copy of the same links.
 ED_TLS=$(port); ED_PLAIN=$(port)
 cat > "$OUT/edge.toml" <<TOML
 [server]
@@ -76,7 +77,7 @@ TOML
 RUST_LOG=warn "${SERVER_PIN[@]}" "$BIN" serve --config "$OUT/edge.toml" --sqlite "$OUT/edge.db" \
   --listen "127.0.0.1:$ED_TLS" --admin-listen "127.0.0.1:$(port)" 2> "$OUT/edge-tls.log" & PIDS+=($!)
 RUST_LOG=warn EDGELINK_SERVER_WORKERS=${BENCH_EDGE_WORKERS:-0} EDGELINK_CACHE_TTL_SECS=3600 "${SERVER_PIN[@]}" "$BIN" serve \
-  --sqlite "$OUT/edge.db" --listen "127.0.0.1:$ED_PLAIN" --admin-listen "127.0.0.1:$(port)" 2> "$OUT/edge-plain.log" & PIDS+=($!)
+  --sqlite "$OUT/edge-plain.db" --listen "127.0.0.1:$ED_PLAIN" --admin-listen "127.0.0.1:$(port)" 2> "$OUT/edge-plain.log" & PIDS+=($!)
 for p in $NG_TLS $NG_PLAIN $ED_TLS $ED_PLAIN; do wait_port "$p"; done
 code=$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$ED_TLS/k0000000")
 [ "$code" = 302 ] || { echo "edge over TLS answered $code" >&2; exit 1; }
@@ -124,4 +125,4 @@ for scheme in ("https", "http"):
 for scheme in ("https", "http"):
     print(f"\n{scheme}: edge / nginx = {med[scheme, 'edge'] / med[scheme, 'nginx']:.2f}x")
 PY
-echo "$(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1); nginx $(nginx -v 2>&1 | sed 's/.*: //'); commit $(git rev-parse --short HEAD); raw: $OUT"
+echo "$(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1); nginx $(nginx -v 2>&1 | sed 's/.*: //'); tree $(git rev-parse --short HEAD); binary $BIN; raw: $OUT"
