@@ -275,8 +275,10 @@ async fn a_certificate_swapped_under_load_fails_no_request_and_new_handshakes_se
         t.await.unwrap();
     }
     assert!(switched, "new handshakes present the new certificate");
-    let seen = seen_new.lock().unwrap();
-    assert!(seen.contains(&old_der) && seen.contains(&new_der));
+    {
+        let seen = seen_new.lock().unwrap();
+        assert!(seen.contains(&old_der) && seen.contains(&new_der));
+    }
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
