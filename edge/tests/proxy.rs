@@ -17,10 +17,6 @@ use edgelink_core::config::{Balance, Config};
 use edgelink_core::net::{self, server, Body};
 use edgelink_core::shutdown::CancellationToken;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use support::*;
 
 const OK: u8 = 0;
@@ -146,24 +142,20 @@ async fn edge_with_mounts(
     mounts: edgelink_edge::Mounts,
 ) -> TestEdge {
     let stores = sqlite_stores(dir, &mut config).await;
+    let permanent = edgelink_core::Link::new(
+        "perm",
+        "https://example.com/perm",
+        edgelink_core::RedirectStatus::MovedPermanently,
+        edgelink_core::link::now(),
+        None,
+    )
+    .unwrap();
     insert(
         stores.source.as_ref(),
-        &[link("abc", "https://example.com/abc")],
+        &[link("abc", "https://example.com/abc"), permanent],
     )
     .await;
     TestEdge::start_full(config, stores, 1, mounts).await
-}
-
-struct Sent {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Sent {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
 }
 
 async fn send(
@@ -172,30 +164,24 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
     body: Bytes,
-) -> Sent {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", edge.addr));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = tokio::time::timeout(
-        Duration::from_secs(20),
-        client.request(req.body(Full::new(body)).unwrap()),
-    )
-    .await
-    .expect("timed out")
-    .expect("request failed");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Sent {
-        status,
-        headers,
-        body,
-    }
+) -> Reply {
+    let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+    edge.send(method, path, headers, body).await
+}
+
+/// Which upstream answered `GET /api/x`.
+async fn answered_by(edge: &TestEdge) -> serde_json::Value {
+    send(edge, "GET", "/api/x", &[], Bytes::new()).await.json()["upstream"].clone()
+}
+
+/// Asks for a reload and waits until `counter` reaches 1.
+async fn reload(edge: &TestEdge, tx: &tokio::sync::mpsc::Sender<()>, counter: &str) {
+    tx.send(()).await.unwrap();
+    let done = eventually(Duration::from_secs(5), || async {
+        edge.metric(counter).await == 1.0
+    })
+    .await;
+    assert!(done, "{counter} never reached 1");
 }
 
 #[tokio::test]
@@ -532,40 +518,32 @@ async fn a_reload_swaps_upstreams_and_limits_and_a_bad_one_changes_nothing() {
         ..Default::default()
     };
     let edge = edge_with_mounts(first.clone(), &dir, mounts).await;
+    assert_eq!(answered_by(&edge).await, "a");
+    let perm = edge.get("/perm").await;
     assert_eq!(
-        send(&edge, "GET", "/api/x", &[], Bytes::new()).await.json()["upstream"],
-        "a"
+        perm.status,
+        StatusCode::MOVED_PERMANENTLY,
+        "{:?}",
+        perm.body
     );
+    assert_eq!(perm.header("cache-control"), Some("public, max-age=3600"));
 
     // A configuration that does not validate: nothing changes.
     *next.lock().unwrap() = Err("proxy.timeout_ms must be 1..=600000".to_owned());
-    tx.send(()).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            edge.metric("edgelink_config_reload_failures_total").await == 1.0
-        })
-        .await
-    );
-    assert_eq!(
-        send(&edge, "GET", "/api/x", &[], Bytes::new()).await.json()["upstream"],
-        "a"
-    );
+    reload(&edge, &tx, "edgelink_config_reload_failures_total").await;
+    assert_eq!(answered_by(&edge).await, "a");
 
-    // A good one: new upstream, shorter URI limit, longer permanent max-age.
+    // A good one: new upstream, shorter URI limit, another permanent max-age.
     let mut second = proxy_config(&[b.url()]);
     second.limits.max_uri_bytes = 64;
     second.redirect.permanent_max_age_secs = 42;
     *next.lock().unwrap() = Ok(second);
-    tx.send(()).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            edge.metric("edgelink_config_reloads_total").await == 1.0
-        })
-        .await
-    );
+    reload(&edge, &tx, "edgelink_config_reloads_total").await;
+    assert_eq!(answered_by(&edge).await, "b");
     assert_eq!(
-        send(&edge, "GET", "/api/x", &[], Bytes::new()).await.json()["upstream"],
-        "b"
+        edge.get("/perm").await.header("cache-control"),
+        Some("public, max-age=42"),
+        "tier 0 was emptied: its answers carried the old header"
     );
     let long = format!("/abc?{}", "q".repeat(100));
     let r = edge.get(&long).await;

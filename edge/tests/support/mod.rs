@@ -13,7 +13,7 @@ use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::{LinkCache, LinkStore, Stores};
 use edgelink_edge::{listener, Listeners, Mounts};
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -51,7 +51,7 @@ pub struct TestEdge {
     pub redirect: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 pub struct Reply {
@@ -133,11 +133,35 @@ impl TestEdge {
     }
 
     pub async fn request_to(&self, addr: SocketAddr, method: Method, path: &str) -> Reply {
-        let req = Request::builder()
+        self.send_to(addr, method, path, &[], Bytes::new()).await
+    }
+
+    /// A request with headers and a body to the public listener.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        self.send_to(self.addr, method, path, headers, body).await
+    }
+
+    pub async fn send_to(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let mut req = Request::builder()
             .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .body(Empty::new())
-            .unwrap();
+            .uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
             .await
             .expect("request timed out")
