@@ -603,32 +603,54 @@ impl App {
         req: &Request<Incoming>,
         peer: Peer,
     ) -> (Response<Body>, Tier) {
-        // Only a lookup that misses tier 0 reads the 404 budget: a client
-        // that has spent it gets 429 instead of a trip to the backends.
+        // A lookup that misses tier 0 takes a 404 token first, so a client
+        // that has spent its budget gets 429 instead of a trip to the
+        // backends, however many requests it has in flight; the token is
+        // given back when the lookup finds a link (or fails).
+        let charged: std::sync::OnceLock<(Arc<RateLimit>, std::net::IpAddr)> =
+            std::sync::OnceLock::new();
         let gate = || {
             let live = self.live.load();
-            let limit = live.not_found.as_ref()?;
+            let Some(limit) = live.not_found.as_ref() else {
+                return Ok(());
+            };
             let client = live.client_ip(peer, req.headers());
-            limit.exhausted(client, std::time::Instant::now())
+            limit.take(client, std::time::Instant::now())?;
+            let _ = charged.set((limit.clone(), client));
+            Ok(())
         };
-        let found = self
-            .resolver
-            .resolve_gated(code, || gate().map_or(Ok(()), Err))
-            .await;
+        let found = self.resolver.resolve_gated(code, gate).await;
+        let charged = charged.into_inner();
+        let refund = || {
+            if let Some((limit, client)) = &charged {
+                limit.refund(*client, std::time::Instant::now());
+            }
+        };
         match found {
             Ok(Ok((answer, tier))) => {
                 let resp = match answer {
                     Answer::Redirect {
                         expires_at: Some(exp),
                         ..
-                    } if exp <= edgelink_core::link::now_unix() => failure(Failure::Gone),
+                    } if exp <= edgelink_core::link::now_unix() => {
+                        refund();
+                        failure(Failure::Gone)
+                    }
                     Answer::Redirect {
                         status,
                         location,
                         cache_control,
                         ..
-                    } => respond::redirect(status, location, cache_control),
-                    Answer::Gone => failure(Failure::Gone),
+                    } => {
+                        refund();
+                        respond::redirect(status, location, cache_control)
+                    }
+                    Answer::Gone => {
+                        refund();
+                        failure(Failure::Gone)
+                    }
+                    // Paid for at the gate, or (a tier-0 answer) now.
+                    Answer::NotFound if charged.is_some() => failure(Failure::NotFound),
                     Answer::NotFound => self.not_found(req, peer),
                     Answer::Broken => failure(Failure::Internal),
                 };
@@ -639,6 +661,7 @@ impl App {
                 (respond::rate_limited(wait), Tier::None)
             }
             Err(e) => {
+                refund();
                 if self.backend_log.allow() {
                     tracing::warn!(error = %e, "lookup failed; answering 503");
                 }

@@ -80,11 +80,11 @@ impl RateLimit {
         })
     }
 
-    /// Whether `ip` is out of tokens now (without taking one), and for how long.
-    pub fn exhausted(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        self.with_bucket(ip, now, |b| {
-            (b.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - b.tokens) / self.per_sec))
-        })
+    /// Gives back a token [`RateLimit::take`] took for something that did
+    /// not count after all (a lookup that found a link).
+    pub fn refund(&self, ip: IpAddr, now: Instant) {
+        let burst = self.burst;
+        self.with_bucket(ip, now, |b| b.tokens = (b.tokens + 1.0).min(burst));
     }
 
     fn with_bucket<T>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut Bucket) -> T) -> T {
@@ -172,13 +172,21 @@ mod tests {
         }
         let wait = limit.take(a, t0).err().unwrap_or_default();
         assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
-        assert!(limit.exhausted(a, t0).is_some());
         // Another client has its own bucket.
         assert_eq!(limit.take(ip("10.0.0.2"), t0), Ok(()));
         // Half a second later one token is back.
         let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(limit.exhausted(a, t1), None);
         assert_eq!(limit.take(a, t1), Ok(()));
+        assert!(limit.take(a, t1).is_err());
+        // A refund makes one more possible, never more than the burst.
+        limit.refund(a, t1);
+        assert_eq!(limit.take(a, t1), Ok(()));
+        for _ in 0..10 {
+            limit.refund(a, t1);
+        }
+        for _ in 0..3 {
+            assert_eq!(limit.take(a, t1), Ok(()));
+        }
         assert!(limit.take(a, t1).is_err());
     }
 

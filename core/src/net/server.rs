@@ -85,7 +85,8 @@ pub struct Options {
     pub limits: ConnLimits,
     /// TLS for every connection; `None` for plain HTTP.
     pub tls: Option<TlsAcceptor>,
-    /// A TLS handshake must end within this.
+    /// A TLS handshake, and a request head the framing guard holds back,
+    /// must end within this (`server.header_read_timeout_ms`).
     pub handshake_timeout: Duration,
     /// In-flight requests get this long after `shutdown`.
     pub drain: Duration,
@@ -198,7 +199,10 @@ async fn serve_connection<IO, H, F>(
     });
     let conn = options
         .builder
-        .serve_connection(TokioIo::new(FramingGuard::new(io)), service)
+        .serve_connection(
+            TokioIo::new(FramingGuard::with_timeout(io, options.handshake_timeout)),
+            service,
+        )
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");

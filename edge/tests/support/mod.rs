@@ -3,6 +3,8 @@
 //! a client that does not follow redirects.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
