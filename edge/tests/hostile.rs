@@ -14,19 +14,6 @@ use tokio::net::TcpStream;
 
 const LOOKUPS: &str = "edgelink_backend_lookups_total{backend=\"sqlite\"}";
 
-async fn edge_with(f: impl FnOnce(&mut edgelink_core::Config)) -> (TestEdge, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config();
-    f(&mut config);
-    let stores = sqlite_stores(&dir, &mut config).await;
-    insert(
-        stores.source.as_ref(),
-        &[link("abc", "https://example.com/abc")],
-    )
-    .await;
-    (TestEdge::start(config, stores).await, dir)
-}
-
 /// `n` GETs of `path(i)` from 16 concurrent tasks; the statuses seen.
 async fn flood(edge: &Arc<TestEdge>, n: usize, path: fn(usize) -> String) -> Vec<u16> {
     let mut tasks = Vec::new();

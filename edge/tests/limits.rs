@@ -18,19 +18,6 @@ async fn read_all(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-async fn edge_with(f: impl FnOnce(&mut edgelink_core::Config)) -> (TestEdge, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config();
-    f(&mut config);
-    let stores = sqlite_stores(&dir, &mut config).await;
-    insert(
-        stores.source.as_ref(),
-        &[link("abc", "https://example.com/abc")],
-    )
-    .await;
-    (TestEdge::start(config, stores).await, dir)
-}
-
 #[tokio::test]
 async fn an_oversized_request_head_is_refused_with_431() {
     let (edge, _dir) = edge_with(|c| c.server.max_header_bytes = 8192).await;

@@ -204,6 +204,23 @@ impl TestEdge {
     }
 }
 
+/// An edge on SQLite holding `/abc` -> https://example.com/abc, with
+/// `f` applied to the test config.
+pub async fn edge_with(
+    f: impl FnOnce(&mut edgelink_core::Config),
+) -> (TestEdge, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    f(&mut config);
+    let stores = sqlite_stores(&dir, &mut config).await;
+    insert(
+        stores.source.as_ref(),
+        &[link("abc", "https://example.com/abc")],
+    )
+    .await;
+    (TestEdge::start(config, stores).await, dir)
+}
+
 /// Polls `check` every 20 ms until it holds or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
