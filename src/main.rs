@@ -289,6 +289,20 @@ fn serving_runtime(server: &ServerConfig) -> anyhow::Result<tokio::runtime::Runt
     })
 }
 
+/// `serve` and `edge`: load and check the configuration (certificates
+/// included), then serve with SIGHUP reloading it the same way.
+fn edge_role(
+    common: Common,
+    flags: impl Fn(&mut Config) -> StorageMode + Send + Sync + 'static,
+) -> Result<ExitCode, Failure> {
+    let (config, mode) = load(&common, &flags)?;
+    check_certificates(&config)?;
+    if let Some(code) = checked(common.check) {
+        return Ok(code);
+    }
+    serve_edge(config, mode, reloader(common, flags))
+}
+
 /// The certificates of `[tls]` must load (readable PEM, keys matching)
 /// for the configuration to be valid, so `--check` catches them too.
 fn check_certificates(config: &Config) -> Result<(), ConfigError> {
@@ -326,26 +340,15 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
                 }
                 StorageMode::Embedded
             };
-            let (config, _) = load(&common, &flags)?;
-            check_certificates(&config)?;
-            if let Some(code) = checked(common.check) {
-                return Ok(code);
-            }
-            serve_edge(config, StorageMode::Embedded, reloader(common, flags))
+            edge_role(common, flags)
         }
         Command::Edge {
             common,
             listen,
             distributed,
-        } => {
-            let flags = move |c: &mut Config| apply_distributed(c, &listen, &distributed);
-            let (config, _) = load(&common, &flags)?;
-            check_certificates(&config)?;
-            if let Some(code) = checked(common.check) {
-                return Ok(code);
-            }
-            serve_edge(config, StorageMode::Distributed, reloader(common, flags))
-        }
+        } => edge_role(common, move |c: &mut Config| {
+            apply_distributed(c, &listen, &distributed)
+        }),
         Command::Keypool {
             common,
             admin_listen,
