@@ -20,8 +20,9 @@ use crate::link::RedirectStatus;
 pub const ENV_PREFIX: &str = "EDGELINK_";
 
 /// Sections an environment variable may address.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
+    "breaker",
     "tls",
     "proxy",
     "limits",
@@ -52,6 +53,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub proxy: ProxyConfig,
     pub limits: LimitsConfig,
+    pub breaker: BreakerConfig,
 }
 
 /// Listeners and connection limits.
@@ -125,6 +127,10 @@ pub struct CacheConfig {
     pub ttl_secs: u64,
     /// Lifetime of an "unknown code" answer.
     pub negative_ttl_secs: u64,
+    /// How long past its TTL a link (or a 410) may still be served while
+    /// the backends cannot be asked (stale-if-error); 0 turns it off.
+    /// Unknown codes are never served stale.
+    pub stale_if_error_secs: u64,
 }
 
 /// How redirects are answered.
@@ -332,6 +338,44 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// The circuit breakers in front of every backend ([`crate::breaker`]);
+/// one set of thresholds, one breaker per backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    /// Failures in a row that open a breaker.
+    pub consecutive_failures: u32,
+    /// Or: this share of the calls in one window failed...
+    pub failure_rate_percent: u32,
+    /// ...over a fixed window of this length...
+    pub window_ms: u64,
+    /// ...that held at least this many calls.
+    pub min_calls: u32,
+    /// First open span; it doubles per failed probe up to `max_open_ms`
+    /// and is jittered down to half. The cap bounds how long a recovered
+    /// backend waits to be used again.
+    pub open_ms: u64,
+    pub max_open_ms: u64,
+    /// Calls let through at once to probe a half-open backend.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            consecutive_failures: 5,
+            failure_rate_percent: 50,
+            window_ms: 10_000,
+            min_calls: 20,
+            open_ms: 500,
+            max_open_ms: 4_000,
+            half_open_probes: 1,
+        }
+    }
+}
+
 /// Request limits and abuse control on the public listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -434,6 +478,7 @@ impl Default for CacheConfig {
             max_entries: 1_000_000,
             ttl_secs: 300,
             negative_ttl_secs: 5,
+            stale_if_error_secs: 3_600,
         }
     }
 }
@@ -849,6 +894,21 @@ impl Config {
         need(
             p.unhealthy_threshold > 0 && p.healthy_threshold > 0,
             "proxy.unhealthy_threshold and proxy.healthy_threshold must be > 0".into(),
+        );
+        let b = &self.breaker;
+        need(
+            b.consecutive_failures > 0 && b.min_calls > 0 && b.half_open_probes > 0,
+            "breaker.consecutive_failures, breaker.min_calls and breaker.half_open_probes must be > 0"
+                .into(),
+        );
+        need(
+            (1..=100).contains(&b.failure_rate_percent),
+            "breaker.failure_rate_percent must be 1..=100".into(),
+        );
+        need(
+            b.window_ms > 0 && b.open_ms > 0 && b.open_ms <= b.max_open_ms,
+            "breaker.window_ms and breaker.open_ms must be > 0, with breaker.open_ms <= breaker.max_open_ms"
+                .into(),
         );
         let l = &self.limits;
         need(

@@ -18,6 +18,10 @@ pub enum StoreError {
         backend: &'static str,
         message: String,
     },
+    /// The backend's circuit breaker is open: it failed repeatedly and is
+    /// not being called until a probe finds it back ([`crate::breaker`]).
+    #[error("{backend} is failing; its circuit breaker is open")]
+    CircuitOpen { backend: &'static str },
     /// The backend holds a value this version cannot read.
     #[error("{backend} returned a corrupt value: {message}")]
     Corrupt {
@@ -47,6 +51,7 @@ impl StoreError {
             StoreError::Timeout { .. } => "timeout",
             StoreError::Unavailable { .. } => "unavailable",
             StoreError::Corrupt { .. } => "corrupt",
+            StoreError::CircuitOpen { .. } => "circuit_open",
         }
     }
 }

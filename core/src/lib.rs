@@ -21,6 +21,7 @@
 //! - `testing` (hidden): fresh-database and Redis-prefix helpers for the
 //!   workspace's tests against the real services.
 
+pub mod breaker;
 pub mod code;
 pub mod config;
 pub mod error;

@@ -46,7 +46,7 @@ async fn setup(dir: &tempfile::TempDir) -> (Resolver, Vec<String>) {
         stores.source.insert_links(&links).await.unwrap();
     }
     let (metrics, _) = EdgeMetrics::new(None, "sqlite");
-    let resolver = Resolver::new(&stores, &config.cache, &config.redirect, Arc::new(metrics));
+    let resolver = Resolver::new(&stores, &config, Arc::new(metrics));
     for code in &codes {
         resolver.resolve(code).await.unwrap();
     }

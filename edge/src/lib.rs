@@ -257,7 +257,7 @@ pub async fn run_with(
     let (edge_metrics, prometheus) = EdgeMetrics::new(cache_name, stores.source.name());
     let metrics = Arc::new(edge_metrics);
     let app = Arc::new(App {
-        resolver: Resolver::new(&stores, &config.cache, &config.redirect, metrics.clone()),
+        resolver: Resolver::new(&stores, &config, metrics.clone()),
         metrics: metrics.clone(),
         draining: AtomicBool::new(false),
         backend_log: LogThrottle::default(),
@@ -685,7 +685,9 @@ impl App {
     }
 
     /// 200 when the source of truth answers (`degraded` in the body when the
-    /// shared cache does not), 503 when it does not or while draining.
+    /// shared cache does not, or a breaker is not closed), 503 when it does
+    /// not or while draining. Each backend's ping goes through its breaker,
+    /// so an open one is reported at once (and a half-open one probed).
     async fn ready(&self) -> Response<Body> {
         if self.draining.load(Ordering::Relaxed) {
             return respond::json(
@@ -704,14 +706,21 @@ impl App {
         if let (Some(name), Some(r)) = (tier1_name, &tier1) {
             backends.insert(name.to_owned(), state(r).into());
         }
+        let mut breakers = serde_json::Map::new();
+        let mut any_open = false;
+        for (name, state) in self.resolver.breaker_states() {
+            any_open |= state != edgelink_core::breaker::State::Closed;
+            breakers.insert(name.to_owned(), state.name().into());
+        }
         let (status, word) = match (&tier2, &tier1) {
             (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             (Ok(()), Some(Err(_))) => (StatusCode::OK, "degraded"),
+            (Ok(()), _) if any_open => (StatusCode::OK, "degraded"),
             (Ok(()), _) => (StatusCode::OK, "ready"),
         };
         respond::json(
             status,
-            &serde_json::json!({ "status": word, "backends": backends }),
+            &serde_json::json!({ "status": word, "backends": backends, "breakers": breakers }),
         )
     }
 }

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use edgelink_core::breaker::BreakerMetrics;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -28,6 +29,11 @@ pub const PROXY_REQUESTS_TOTAL: &str = "edgelink_proxy_requests_total";
 pub const PROXY_RETRIES_TOTAL: &str = "edgelink_proxy_retries_total";
 pub const PROXY_EJECTIONS_TOTAL: &str = "edgelink_proxy_ejections_total";
 pub const PROXY_FAILURES_TOTAL: &str = "edgelink_proxy_failures_total";
+pub const BREAKER_STATE: &str = "edgelink_breaker_state";
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "edgelink_breaker_transitions_total";
+pub const BREAKER_REJECTED_TOTAL: &str = "edgelink_breaker_rejected_total";
+pub const STALE_SERVED_TOTAL: &str = "edgelink_stale_served_total";
+pub const WRITEBACKS_SKIPPED_TOTAL: &str = "edgelink_cache_writebacks_skipped_total";
 
 /// Status codes the public listener answers with (its own and the
 /// proxied API's), in label order; any other counts as 500.
@@ -56,7 +62,7 @@ pub const BACKEND_CACHE: usize = 0;
 pub const BACKEND_STORE: usize = 1;
 
 /// Error kinds of [`edgelink_core::StoreError::kind`], in label order.
-const ERROR_KINDS: [&str; 3] = ["timeout", "unavailable", "corrupt"];
+const ERROR_KINDS: [&str; 4] = ["timeout", "unavailable", "corrupt", "circuit_open"];
 
 const LOOKUP_BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -97,6 +103,12 @@ pub struct EdgeMetrics {
     pub reloads: Counter,
     pub reloads_failed: Counter,
     pub proxy: ProxyMetrics,
+    /// Per backend ([`BACKEND_CACHE`], [`BACKEND_STORE`]).
+    pub breakers: [BreakerMetrics; 2],
+    /// Tier-0 answers served past their TTL because the backends failed.
+    pub stale_served: Counter,
+    /// Tier-1 write-backs dropped because too many were in flight.
+    pub writebacks_skipped: Counter,
 }
 
 impl EdgeMetrics {
@@ -183,6 +195,22 @@ impl EdgeMetrics {
                     failed: ["502", "503", "504"]
                         .map(|s| metrics::counter!(PROXY_FAILURES_TOTAL, "status" => s)),
                 },
+                breakers: std::array::from_fn(|b| {
+                    if !present(b == BACKEND_CACHE) {
+                        return BreakerMetrics::default();
+                    }
+                    let backend = backend_label(b);
+                    BreakerMetrics {
+                        state: metrics::gauge!(BREAKER_STATE, "backend" => backend),
+                        transitions: ["closed", "open", "half_open"].map(|to| {
+                            metrics::counter!(BREAKER_TRANSITIONS_TOTAL,
+                                "backend" => backend, "to" => to)
+                        }),
+                        rejected: metrics::counter!(BREAKER_REJECTED_TOTAL, "backend" => backend),
+                    }
+                }),
+                stale_served: metrics::counter!(STALE_SERVED_TOTAL),
+                writebacks_skipped: metrics::counter!(WRITEBACKS_SKIPPED_TOTAL),
             }
         });
         (m, handle)
@@ -264,6 +292,26 @@ fn describe() {
     describe_counter!(
         PROXY_EJECTIONS_TOTAL,
         "Upstream hosts ejected by outlier detection."
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state by backend: 0 closed, 1 open, 2 half-open."
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS_TOTAL,
+        "Circuit breaker transitions, by backend and the state entered."
+    );
+    describe_counter!(
+        BREAKER_REJECTED_TOTAL,
+        "Backend calls refused at once because the backend's breaker was open."
+    );
+    describe_counter!(
+        STALE_SERVED_TOTAL,
+        "Tier-0 answers served past their TTL because the backends could not be asked."
+    );
+    describe_counter!(
+        WRITEBACKS_SKIPPED_TOTAL,
+        "Tier-1 write-backs dropped because the bound on those in flight was reached."
     );
     describe_counter!(
         PROXY_FAILURES_TOTAL,

@@ -10,6 +10,19 @@
 //! Misses for one code coalesce into a single backend lookup (moka's
 //! `try_get_with`); unknown codes are cached for a short negative TTL; a
 //! backend failure is not cached, so the next request tries again.
+//!
+//! # When the backends fail
+//!
+//! - Each backend sits behind a circuit breaker ([`edgelink_core::breaker`]):
+//!   while one is open its calls fail at once instead of waiting out a
+//!   timeout.
+//! - Tier 1 failing (down, slow, open): lookups go on to tier 2 and the
+//!   write-back is skipped. Write-backs run in the background, at most
+//!   [`MAX_WRITEBACKS`] at a time; beyond that they are dropped, not queued.
+//! - Tier 2 failing: a link (or 410) past its TTL stays in tier 0 for
+//!   `cache.stale_if_error_secs` more, and is served when refreshing it
+//!   fails (stale-if-error). Unknown codes are never served stale: a miss
+//!   is an error (the edge answers 503 with `Retry-After`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +32,8 @@ use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 
-use edgelink_core::config::{CacheConfig, RedirectConfig};
+use edgelink_core::breaker::{Breaker, Guarded, State};
+use edgelink_core::config::{Config, RedirectConfig};
 use edgelink_core::link::now_unix;
 use edgelink_core::{Link, LinkCache, LinkState, LinkStore, StoreError, Stores};
 use http::{HeaderValue, StatusCode};
@@ -28,6 +42,9 @@ use moka::Expiry;
 
 use crate::index::{self, Index};
 use crate::metrics::{EdgeMetrics, Tier, BACKEND_CACHE, BACKEND_STORE};
+
+/// Tier-1 write-backs in flight at most; more are dropped (and counted).
+pub const MAX_WRITEBACKS: usize = 256;
 use crate::respond::NO_STORE;
 
 /// What the edge answers for a code. Cloning it copies reference counts.
@@ -58,6 +75,9 @@ pub struct Entry {
     /// ([`index::block`]); `location` is a slice of it, and the index
     /// serves hits from it.
     pub block: Bytes,
+    /// When it was loaded: it is fresh for [`EntryExpiry::lifetime`] from
+    /// then, and stale (served only if the backends fail) after.
+    pub loaded: Instant,
 }
 
 /// Per-entry lifetimes: negative answers short, links no longer than they live.
@@ -65,9 +85,24 @@ pub struct Entry {
 struct EntryExpiry {
     ttl: Duration,
     negative_ttl: Duration,
+    /// Kept this much longer than fresh, for stale-if-error.
+    stale: Duration,
 }
 
 impl EntryExpiry {
+    /// How long moka keeps `entry`: fresh, then (a link or a 410) stale.
+    fn kept(&self, entry: &Entry) -> Duration {
+        match entry.answer {
+            Answer::Redirect { .. } | Answer::Gone => self.lifetime(entry) + self.stale,
+            Answer::NotFound | Answer::Broken => self.lifetime(entry),
+        }
+    }
+
+    /// When `entry` stops being fresh.
+    fn fresh_until(&self, entry: &Entry) -> Instant {
+        entry.loaded + self.lifetime(entry)
+    }
+
     fn lifetime(&self, entry: &Entry) -> Duration {
         match entry.answer {
             Answer::NotFound => self.negative_ttl,
@@ -90,7 +125,7 @@ impl Expiry<String, Arc<Entry>> for EntryExpiry {
         value: &Arc<Entry>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(self.lifetime(value))
+        Some(self.kept(value))
     }
 }
 
@@ -100,6 +135,12 @@ pub struct Resolver {
     cache: Cache<String, Arc<Entry>>,
     tier1: Option<Arc<dyn LinkCache>>,
     tier2: Arc<dyn LinkStore>,
+    /// The breakers in front of tier 1 (if any) and tier 2.
+    breakers: Vec<Arc<Breaker>>,
+    /// Single-flight for refreshes of stale entries (moka's own
+    /// single-flight only runs for absent keys); emptied after each.
+    refreshing: Cache<String, Arc<Entry>>,
+    writebacks: Arc<tokio::sync::Semaphore>,
     /// `Cache-Control` of permanent redirects (`redirect.permanent_max_age_secs`,
     /// reloadable).
     permanent_cache_control: ArcSwap<HeaderValue>,
@@ -107,16 +148,32 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(
-        stores: &Stores,
-        cache: &CacheConfig,
-        redirect: &RedirectConfig,
-        metrics: Arc<EdgeMetrics>,
-    ) -> Resolver {
+    /// A resolver over `stores`, each behind a circuit breaker
+    /// (`config.breaker`), with tier 0 sized by `config.cache`.
+    pub fn new(stores: &Stores, config: &Config, metrics: Arc<EdgeMetrics>) -> Resolver {
+        let cache = &config.cache;
         let expiry = EntryExpiry {
             ttl: Duration::from_secs(cache.ttl_secs),
             negative_ttl: Duration::from_secs(cache.negative_ttl_secs),
+            stale: Duration::from_secs(cache.stale_if_error_secs),
         };
+        let mut breakers = Vec::new();
+        let tier1 = stores.cache.clone().map(|c| {
+            let b = Arc::new(Breaker::new(
+                c.name(),
+                &config.breaker,
+                metrics.breakers[BACKEND_CACHE].clone(),
+            ));
+            breakers.push(b.clone());
+            Arc::new(Guarded::new(c, b)) as Arc<dyn LinkCache>
+        });
+        let b = Arc::new(Breaker::new(
+            stores.source.name(),
+            &config.breaker,
+            metrics.breakers[BACKEND_STORE].clone(),
+        ));
+        breakers.push(b.clone());
+        let tier2 = Arc::new(Guarded::new(stores.source.clone(), b)) as Arc<dyn LinkStore>;
         let index = Arc::new(Index::new());
         let evicted = index.clone();
         Resolver {
@@ -129,9 +186,17 @@ impl Resolver {
                     evicted.remove_if_same(&code, &entry.block)
                 })
                 .build(),
-            tier1: stores.cache.clone(),
-            tier2: stores.source.clone(),
-            permanent_cache_control: ArcSwap::from_pointee(permanent_cache_control(redirect)),
+            tier1,
+            tier2,
+            breakers,
+            refreshing: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+            writebacks: Arc::new(tokio::sync::Semaphore::new(MAX_WRITEBACKS)),
+            permanent_cache_control: ArcSwap::from_pointee(permanent_cache_control(
+                &config.redirect,
+            )),
             metrics,
         }
     }
@@ -179,9 +244,15 @@ impl Resolver {
             return Ok(Ok((answer, Tier::Memory)));
         }
         if let Some(entry) = self.cache.get(code).await {
-            self.metrics.cache_hits.increment(1);
-            self.index_entry(code, hash, &entry);
-            return Ok(Ok((entry.answer.clone(), Tier::Memory)));
+            if Instant::now() < self.expiry.fresh_until(&entry) {
+                self.metrics.cache_hits.increment(1);
+                self.index_entry(code, hash, &entry);
+                return Ok(Ok((entry.answer.clone(), Tier::Memory)));
+            }
+            // Past its TTL, kept for stale-if-error: a link or a 410, so
+            // no 404 token is at stake.
+            self.metrics.cache_misses.increment(1);
+            return Ok(Ok(self.refresh(code, hash, entry).await));
         }
         if let Err(refused) = gate() {
             return Ok(Err(refused));
@@ -195,8 +266,33 @@ impl Resolver {
         Ok(Ok((entry.answer.clone(), entry.source)))
     }
 
+    /// Reloads a stale entry (one load per code however many ask); if the
+    /// backends fail, the stale answer is served.
+    async fn refresh(&self, code: &str, hash: u64, stale: Arc<Entry>) -> (Answer, Tier) {
+        let loaded = self
+            .refreshing
+            .try_get_with_by_ref(code, async {
+                let fresh = self.load(code).await?;
+                self.cache.insert(code.to_owned(), fresh.clone()).await;
+                Ok::<_, StoreError>(fresh)
+            })
+            .await;
+        self.refreshing.invalidate(code).await;
+        match loaded {
+            Ok(fresh) => {
+                self.index_entry(code, hash, &fresh);
+                (fresh.answer.clone(), fresh.source)
+            }
+            Err(e) => {
+                self.metrics.stale_served.increment(1);
+                tracing::debug!(error = %e, code, "backends failed; serving a stale answer");
+                (stale.answer.clone(), Tier::Memory)
+            }
+        }
+    }
+
     fn index_entry(&self, code: &str, hash: u64, entry: &Entry) {
-        let deadline = Instant::now() + self.expiry.lifetime(entry);
+        let deadline = self.expiry.fresh_until(entry);
         self.index
             .insert(code, hash, &entry.block, &entry.answer, deadline);
     }
@@ -246,6 +342,14 @@ impl Resolver {
         tokio::join!(t1, self.tier2.ping())
     }
 
+    /// Each backend's breaker state (tier 1 first, when there is one).
+    pub fn breaker_states(&self) -> Vec<(&'static str, State)> {
+        self.breakers
+            .iter()
+            .map(|b| (b.name(), b.state()))
+            .collect()
+    }
+
     pub fn tier_names(&self) -> (Option<&'static str>, &'static str) {
         (self.tier1.as_ref().map(|c| c.name()), self.tier2.name())
     }
@@ -276,14 +380,20 @@ impl Resolver {
             Ok(Some(link)) => {
                 let entry = self.entry(&link, Tier::Store);
                 if let (Some(tier1), true) = (&self.tier1, tier1_healthy) {
-                    let tier1 = tier1.clone();
-                    let metrics = self.metrics.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = tier1.put(&link).await {
-                            metrics.backend_error(BACKEND_CACHE, e.kind());
-                            tracing::debug!(error = %e, "tier 1 write-back failed");
+                    match self.writebacks.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let tier1 = tier1.clone();
+                            let metrics = self.metrics.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = tier1.put(&link).await {
+                                    metrics.backend_error(BACKEND_CACHE, e.kind());
+                                    tracing::debug!(error = %e, "tier 1 write-back failed");
+                                }
+                                drop(permit);
+                            });
                         }
-                    });
+                        Err(_) => self.metrics.writebacks_skipped.increment(1),
+                    }
                 }
                 Ok(entry)
             }
@@ -291,6 +401,7 @@ impl Resolver {
                 answer: Answer::NotFound,
                 source: Tier::Store,
                 block: index::block(code.as_bytes(), b""),
+                loaded: Instant::now(),
             })),
             Err(e) => {
                 self.metrics.backend_error(BACKEND_STORE, e.kind());
@@ -329,6 +440,7 @@ impl Resolver {
             answer,
             source,
             block,
+            loaded: Instant::now(),
         })
     }
 }

@@ -35,7 +35,7 @@ async fn a_tier0_hit_allocates_nothing() {
     )
     .await;
     let (metrics, _prometheus) = EdgeMetrics::new(None, "sqlite");
-    let resolver = Resolver::new(&stores, &config.cache, &config.redirect, Arc::new(metrics));
+    let resolver = Resolver::new(&stores, &config, Arc::new(metrics));
     resolver.resolve("hot").await.unwrap(); // the miss fills tier 0
     resolver.cache_entries().await; // and moka's pending housekeeping is done
 

@@ -18,7 +18,7 @@ async fn resolver(config: &mut edgelink_core::Config, dir: &tempfile::TempDir) -
     )
     .await;
     let (metrics, _) = EdgeMetrics::new(None, "sqlite");
-    Resolver::new(&stores, &config.cache, &config.redirect, Arc::new(metrics))
+    Resolver::new(&stores, config, Arc::new(metrics))
 }
 
 #[tokio::test]

@@ -559,12 +559,7 @@ async fn eight_origins_create_twenty_thousand_links_without_a_duplicate() {
         embedded: None,
     };
     let (metrics, _) = edgelink_edge::metrics::EdgeMetrics::new(None, "postgres");
-    let edge = edgelink_edge::resolve::Resolver::new(
-        &stores,
-        &env.config.cache,
-        &env.config.redirect,
-        Arc::new(metrics),
-    );
+    let edge = edgelink_edge::resolve::Resolver::new(&stores, &env.config, Arc::new(metrics));
     for (code, url) in &all {
         match edge.resolve(code).await.unwrap().0 {
             edgelink_edge::resolve::Answer::Redirect { location, .. } => {

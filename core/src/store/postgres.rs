@@ -54,6 +54,10 @@ const INSERT_LINKS: &str = "INSERT INTO links (code, target, redirect, created_a
 pub struct PgConn {
     pub client: tokio_postgres::Client,
     get_link: Statement,
+    /// A call on it timed out: the server may be gone without a word (a
+    /// failover, a partition), so the pool drops it rather than queue the
+    /// next call behind the lost one.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 /// Opens connections through bb8-postgres's manager and prepares statements.
@@ -68,7 +72,11 @@ impl bb8::ManageConnection for PgManager {
     async fn connect(&self) -> Result<PgConn, Self::Error> {
         let client = self.inner.connect().await?;
         let get_link = client.prepare(GET_LINK).await?;
-        Ok(PgConn { client, get_link })
+        Ok(PgConn {
+            client,
+            get_link,
+            broken: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     async fn is_valid(&self, conn: &mut PgConn) -> Result<(), Self::Error> {
@@ -76,7 +84,7 @@ impl bb8::ManageConnection for PgManager {
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
-        conn.client.is_closed()
+        *conn.broken.get_mut() || conn.client.is_closed()
     }
 }
 
@@ -157,17 +165,30 @@ impl PgStore {
         .await
     }
 
-    /// Runs `f` on a pooled connection within `budget`.
+    /// Runs `f` on a pooled connection within `budget` (checkout
+    /// included); a connection whose call runs out of time is discarded.
     async fn with_conn<T>(
         &self,
         budget: Duration,
         f: impl for<'c> AsyncFnOnce(&'c PgConn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        with_timeout(NAME, budget, async {
-            let conn = self.pool.get().await.map_err(pg_err)?;
-            f(&conn).await
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + budget;
+        let timed_out = || StoreError::Timeout {
+            backend: NAME,
+            timeout: budget,
+        };
+        let conn = tokio::time::timeout_at(deadline, self.pool.get())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(pg_err)?;
+        match tokio::time::timeout_at(deadline, f(&conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                conn.broken
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(timed_out())
+            }
+        }
     }
 }
 

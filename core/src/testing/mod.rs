@@ -1,6 +1,11 @@
 //! Helpers for tests against the real services (DESIGN.md, "Services for
 //! tests and CI"): a fresh PostgreSQL database per test and a unique Redis
-//! key prefix. Used by this workspace's tests only.
+//! key prefix; and for fault tests, pieces of their own to break: a
+//! [`redis::RedisServer`] and a TCP [`fault::FaultProxy`]. Used by this
+//! workspace's tests only.
+
+pub mod fault;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
