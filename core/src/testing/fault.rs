@@ -8,8 +8,9 @@
 //!   sent meanwhile are delivered after it heals, as TCP would).
 //! - [`Fault::Reset`]: every open connection is reset (RST) and new ones are
 //!   reset as soon as they are accepted.
-//! - [`Fault::CloseAfter`]: a new connection is closed after this many
-//!   bytes from the server.
+//! - [`Fault::CloseAfter`]: each connection, open or new, is closed after
+//!   this many more bytes from the server (counted from when the fault was
+//!   set, or the connection opened).
 //!
 //! Only the proxy's own sockets are touched; the server behind it never is.
 
@@ -95,10 +96,6 @@ async fn relay(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
             _ => break,
         }
     }
-    let limit = match *mode.borrow() {
-        Fault::CloseAfter(n) => Some(n),
-        _ => None,
-    };
     let Ok(server) = TcpStream::connect(upstream).await else {
         return reset(&client);
     };
@@ -108,6 +105,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
     let (mut sr, mut sw) = server.into_split();
     let mut up = vec![0u8; 16 * 1024];
     let mut down = vec![0u8; 16 * 1024];
+    // Bytes from the server since the fault last changed.
     let mut sent_down = 0u64;
     loop {
         // Which way a chunk goes, and how much of it.
@@ -123,6 +121,7 @@ async fn relay(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
                     reset(sr.as_ref());
                     return;
                 }
+                sent_down = 0;
                 continue;
             }
         };
@@ -150,6 +149,10 @@ async fn relay(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receive
                 Fault::Pass | Fault::CloseAfter(_) => break,
             }
         }
+        let limit = match *mode.borrow() {
+            Fault::CloseAfter(n) => Some(n),
+            _ => None,
+        };
         let wrote = if to_server {
             sw.write_all(&up[..n]).await
         } else {
