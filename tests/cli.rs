@@ -665,3 +665,129 @@ fn the_readme_edge_toml_example_is_a_valid_configuration() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
+
+/// Like [`request`], but `None` when the connection fails or is cut (the
+/// server was killed).
+fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Issue 5: the origin killed with SIGKILL in the middle of a creation
+/// load loses nothing it acknowledged: every link that got a 201 resolves
+/// afterwards, through an edge, to the URL it was created with.
+#[test]
+fn origin_killed_mid_load_loses_no_acknowledged_link() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::create());
+    let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
+    assert!(out.status.success(), "{out:?}");
+    let admin_token = "cli-admin-token-0123456789";
+    let keypool_admin = free_addr();
+    let keypool = edgelink()
+        .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
+        .arg(keypool_admin.to_string())
+        .env("EDGELINK_ADMIN_TOKEN", admin_token)
+        .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "2000")
+        .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "5000")
+        .env("EDGELINK_KEYPOOL_BATCH_SIZE", "5000")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let keypool = Server {
+        child: keypool,
+        addr: keypool_admin,
+        admin: keypool_admin,
+    };
+    wait_for_free(keypool_admin, admin_token, 5000);
+
+    let api_key = format!("el_{}", "k".repeat(40));
+    let origin = || {
+        Server::start(
+            edgelink()
+                .args(["origin", "--postgres-url", &db.url])
+                .env("EDGELINK_BOOTSTRAP_API_KEY", &api_key),
+        )
+    };
+    let first = origin();
+    let addr = first.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, key) = (stop.clone(), api_key.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let url = format!("https://example.com/{t}/{i}");
+                    let body = format!(r#"{{"url": "{url}"}}"#);
+                    let Some((201, reply)) =
+                        try_request(addr, "POST", "/api/v1/links", &key, &body)
+                    else {
+                        continue;
+                    };
+                    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+                    acked.push((v["code"].as_str().unwrap().to_owned(), url));
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(first); // SIGKILL, mid-load
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<(String, String)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(acked.len() >= 20, "the load created links: {}", acked.len());
+
+    // Resolved by an edge (no Redis: straight from PostgreSQL).
+    let edge = Server::start(edgelink().args(["edge", "--postgres-url", &db.url]));
+    let mut lost = Vec::new();
+    for (code, url) in &acked {
+        let (status, location) = get(edge.addr, &format!("/{code}"));
+        if status != 302 || location.as_deref() != Some(url.as_str()) {
+            lost.push((code, status, location));
+        }
+    }
+    eprintln!(
+        "origin killed: {} links acknowledged, {} lost",
+        acked.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "{lost:?}");
+    // A restarted origin creates links again.
+    let again = origin();
+    let (status, body) = request(
+        again.addr,
+        "POST",
+        "/api/v1/links",
+        Some(&api_key),
+        r#"{"url": "https://example.com/again"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(again.stop().code(), Some(0));
+    assert_eq!(edge.stop().code(), Some(0));
+    assert_eq!(keypool.stop().code(), Some(0));
+    drop(db);
+}
