@@ -28,6 +28,7 @@ pub const RELOAD_FAILURES_TOTAL: &str = "edgelink_config_reload_failures_total";
 pub const PROXY_REQUESTS_TOTAL: &str = "edgelink_proxy_requests_total";
 pub const PROXY_RETRIES_TOTAL: &str = "edgelink_proxy_retries_total";
 pub const PROXY_EJECTIONS_TOTAL: &str = "edgelink_proxy_ejections_total";
+pub const PROXY_READMISSIONS_TOTAL: &str = "edgelink_proxy_readmissions_total";
 pub const PROXY_FAILURES_TOTAL: &str = "edgelink_proxy_failures_total";
 pub const BREAKER_STATE: &str = "edgelink_breaker_state";
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "edgelink_breaker_transitions_total";
@@ -84,6 +85,8 @@ pub struct ProxyMetrics {
     pub forwarded: Counter,
     pub retries: Counter,
     pub ejections: Counter,
+    /// Ejected hosts readmitted after a successful probe.
+    pub readmitted: Counter,
     /// Answers the proxy made itself: 502, 503, 504.
     pub failed: [Counter; 3],
 }
@@ -192,6 +195,7 @@ impl EdgeMetrics {
                     forwarded: metrics::counter!(PROXY_REQUESTS_TOTAL),
                     retries: metrics::counter!(PROXY_RETRIES_TOTAL),
                     ejections: metrics::counter!(PROXY_EJECTIONS_TOTAL),
+                    readmitted: metrics::counter!(PROXY_READMISSIONS_TOTAL),
                     failed: ["502", "503", "504"]
                         .map(|s| metrics::counter!(PROXY_FAILURES_TOTAL, "status" => s)),
                 },
@@ -312,6 +316,10 @@ fn describe() {
     describe_counter!(
         WRITEBACKS_SKIPPED_TOTAL,
         "Tier-1 write-backs dropped because the bound on those in flight was reached."
+    );
+    describe_counter!(
+        PROXY_READMISSIONS_TOTAL,
+        "Ejected upstream hosts readmitted after a successful probe (breaker closed)."
     );
     describe_counter!(
         PROXY_FAILURES_TOTAL,

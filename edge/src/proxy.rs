@@ -8,7 +8,11 @@
 //!   5xx answers or connect failures in a row eject a host for
 //!   `eject_base_ms` × the times it has been ejected, capped at
 //!   `eject_max_ms`; at most `max_ejection_percent` of the hosts are out at
-//!   once (one host always may be).
+//!   once (one host always may be). This is each host's circuit breaker:
+//!   ejected is open; when the span ends the host is half-open, on
+//!   probation: it takes one request at a time, and one failure ejects it
+//!   again, for longer, while one success readmits it (closed, and its
+//!   ejection count starts over).
 //! - **Active health checks:** `GET health_check_path` on every host each
 //!   interval; `unhealthy_threshold` failures in a row take it out,
 //!   `healthy_threshold` passes bring it back.
@@ -64,6 +68,10 @@ pub struct Upstream {
     /// Milliseconds since the proxy started until which the host is out.
     ejected_until: AtomicU64,
     times_ejected: AtomicU32,
+    /// Half-open: ejected before, and not yet answered well since.
+    probation: AtomicBool,
+    /// A probe (a request to a host on probation) is in flight.
+    probing: AtomicBool,
     check_failures: AtomicU32,
     check_passes: AtomicU32,
     unhealthy: AtomicBool,
@@ -129,6 +137,8 @@ impl Proxy {
                 consecutive_failures: AtomicU32::new(0),
                 ejected_until: AtomicU64::new(0),
                 times_ejected: AtomicU32::new(0),
+                probation: AtomicBool::new(false),
+                probing: AtomicBool::new(false),
                 check_failures: AtomicU32::new(0),
                 check_passes: AtomicU32::new(0),
                 unhealthy: AtomicBool::new(false),
@@ -248,6 +258,7 @@ impl Proxy {
             };
             tried.push(index);
             let upstream = &self.upstreams[index];
+            let _probe = Probe::claim(upstream);
             let replayable = body.replay();
             let mut builder = Request::builder()
                 .method(parts.method.clone())
@@ -410,6 +421,7 @@ impl Proxy {
             !tried.contains(&i)
                 && !u.unhealthy.load(Ordering::Relaxed)
                 && u.ejected_until.load(Ordering::Relaxed) <= now
+                && !(u.probation.load(Ordering::Relaxed) && u.probing.load(Ordering::Relaxed))
         };
         let n = self.upstreams.len();
         match self.config.balance {
@@ -442,10 +454,16 @@ impl Proxy {
         let u = &self.upstreams[index];
         if ok {
             u.consecutive_failures.store(0, Ordering::Relaxed);
+            if u.probation.swap(false, Ordering::Relaxed) {
+                u.times_ejected.store(0, Ordering::Relaxed);
+                self.metrics.readmitted.increment(1);
+                tracing::info!(upstream = %u.base, "upstream readmitted: its probe succeeded");
+            }
             return;
         }
         let failures = u.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures < self.config.eject_consecutive_failures {
+        let probe_failed = u.probation.load(Ordering::Relaxed);
+        if failures < self.config.eject_consecutive_failures && !probe_failed {
             return;
         }
         let now = self.now_ms();
@@ -466,6 +484,7 @@ impl Proxy {
             .min(self.config.eject_max_ms);
         u.ejected_until.store(now + span, Ordering::Relaxed);
         u.consecutive_failures.store(0, Ordering::Relaxed);
+        u.probation.store(true, Ordering::Relaxed);
         self.metrics.ejections.increment(1);
         tracing::warn!(upstream = %u.base, times, ms = span, "upstream ejected");
     }
@@ -524,6 +543,28 @@ async fn check(proxy: &Proxy, u: &Upstream) {
         let failures = u.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= c.unhealthy_threshold && !u.unhealthy.swap(true, Ordering::Relaxed) {
             tracing::warn!(upstream = %u.base, "upstream failing its health check");
+        }
+    }
+}
+
+/// Marks a request to a host on probation as its probe while it is in
+/// flight, however the request ends.
+struct Probe<'a>(Option<&'a AtomicBool>);
+
+impl<'a> Probe<'a> {
+    fn claim(u: &'a Upstream) -> Probe<'a> {
+        if !u.probation.load(Ordering::Relaxed) {
+            return Probe(None);
+        }
+        u.probing.store(true, Ordering::Relaxed);
+        Probe(Some(&u.probing))
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if let Some(probing) = self.0 {
+            probing.store(false, Ordering::Relaxed);
         }
     }
 }

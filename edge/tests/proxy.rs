@@ -181,14 +181,27 @@ async fn a_failing_upstream_is_ejected_then_restored() {
     assert_eq!(edge.metric("edgelink_proxy_ejections_total").await, 1.0);
     assert!(edge.metric("edgelink_proxy_retries_total").await >= 5.0);
 
-    // It recovers; after its ejection time it is used again.
-    a.mode.store(OK, Ordering::Relaxed);
+    // Its ejection over, it is half-open: still failing, it gets one
+    // request (the probe), and that one failure ejects it again, for
+    // twice as long.
     tokio::time::sleep(Duration::from_millis(800)).await;
     for _ in 0..40 {
         let r = send(&edge, "GET", "/api/v1/links/x", &[], Bytes::new()).await;
         assert_eq!(r.status, StatusCode::CREATED);
     }
-    assert!(a.hits() > 5, "restored: {} hits", a.hits());
+    assert_eq!(a.hits(), 6, "one probe, then ejected again");
+    assert_eq!(edge.metric("edgelink_proxy_ejections_total").await, 2.0);
+
+    // It recovers; after its (1.4 s) ejection a probe succeeds and it is
+    // used again.
+    a.mode.store(OK, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..40 {
+        let r = send(&edge, "GET", "/api/v1/links/x", &[], Bytes::new()).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    assert!(a.hits() > 7, "restored: {} hits", a.hits());
+    assert_eq!(edge.metric("edgelink_proxy_readmissions_total").await, 1.0);
     edge.stop().await;
 }
 
