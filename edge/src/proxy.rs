@@ -418,10 +418,13 @@ impl Proxy {
         let now = self.now_ms();
         let usable = |i: usize| {
             let u = &self.upstreams[i];
+            // Half-open: one probe at a time.
+            let probe_in_flight =
+                u.probation.load(Ordering::Relaxed) && u.probing.load(Ordering::Relaxed);
             !tried.contains(&i)
                 && !u.unhealthy.load(Ordering::Relaxed)
                 && u.ejected_until.load(Ordering::Relaxed) <= now
-                && !(u.probation.load(Ordering::Relaxed) && u.probing.load(Ordering::Relaxed))
+                && !probe_in_flight
         };
         let n = self.upstreams.len();
         match self.config.balance {
