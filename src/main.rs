@@ -624,6 +624,11 @@ fn serve_origin(config: Config) -> Result<ExitCode, Failure> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap API key: {e}"))?;
+        let breaker_metrics = metrics::with_local_recorder(&recorder, || {
+            edgelink_core::breaker::BreakerMetrics::describe();
+            edgelink_core::breaker::BreakerMetrics::register(stores.source.name())
+        });
+        let api = api.with_breaker_metrics(&config.breaker, breaker_metrics);
         let s = &config.server;
         let bind = |addr| {
             edgelink_core::net::listener::bind(addr, s.backlog)

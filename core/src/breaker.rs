@@ -62,6 +62,10 @@ impl State {
     }
 }
 
+pub const STATE: &str = "edgelink_breaker_state";
+pub const TRANSITIONS_TOTAL: &str = "edgelink_breaker_transitions_total";
+pub const REJECTED_TOTAL: &str = "edgelink_breaker_rejected_total";
+
 /// A breaker's metric handles, registered by its owner (no-ops by default).
 #[derive(Clone)]
 pub struct BreakerMetrics {
@@ -71,6 +75,35 @@ pub struct BreakerMetrics {
     pub transitions: [Counter; 3],
     /// Calls refused while open.
     pub rejected: Counter,
+}
+
+impl BreakerMetrics {
+    /// Registers the handles of `backend`'s breaker with the recorder in
+    /// force (wrap the call in `metrics::with_local_recorder` for a local one).
+    pub fn register(backend: &'static str) -> BreakerMetrics {
+        BreakerMetrics {
+            state: metrics::gauge!(STATE, "backend" => backend),
+            transitions: ["closed", "open", "half_open"]
+                .map(|to| metrics::counter!(TRANSITIONS_TOTAL, "backend" => backend, "to" => to)),
+            rejected: metrics::counter!(REJECTED_TOTAL, "backend" => backend),
+        }
+    }
+
+    /// Describes the series, once per recorder.
+    pub fn describe() {
+        metrics::describe_gauge!(
+            STATE,
+            "Circuit breaker state by backend: 0 closed, 1 open, 2 half-open."
+        );
+        metrics::describe_counter!(
+            TRANSITIONS_TOTAL,
+            "Circuit breaker transitions, by backend and the state entered."
+        );
+        metrics::describe_counter!(
+            REJECTED_TOTAL,
+            "Backend calls refused at once because the backend's breaker was open."
+        );
+    }
 }
 
 impl Default for BreakerMetrics {

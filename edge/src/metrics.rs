@@ -30,9 +30,6 @@ pub const PROXY_RETRIES_TOTAL: &str = "edgelink_proxy_retries_total";
 pub const PROXY_EJECTIONS_TOTAL: &str = "edgelink_proxy_ejections_total";
 pub const PROXY_READMISSIONS_TOTAL: &str = "edgelink_proxy_readmissions_total";
 pub const PROXY_FAILURES_TOTAL: &str = "edgelink_proxy_failures_total";
-pub const BREAKER_STATE: &str = "edgelink_breaker_state";
-pub const BREAKER_TRANSITIONS_TOTAL: &str = "edgelink_breaker_transitions_total";
-pub const BREAKER_REJECTED_TOTAL: &str = "edgelink_breaker_rejected_total";
 pub const STALE_SERVED_TOTAL: &str = "edgelink_stale_served_total";
 pub const WRITEBACKS_SKIPPED_TOTAL: &str = "edgelink_cache_writebacks_skipped_total";
 
@@ -203,15 +200,7 @@ impl EdgeMetrics {
                     if !present(b == BACKEND_CACHE) {
                         return BreakerMetrics::default();
                     }
-                    let backend = backend_label(b);
-                    BreakerMetrics {
-                        state: metrics::gauge!(BREAKER_STATE, "backend" => backend),
-                        transitions: ["closed", "open", "half_open"].map(|to| {
-                            metrics::counter!(BREAKER_TRANSITIONS_TOTAL,
-                                "backend" => backend, "to" => to)
-                        }),
-                        rejected: metrics::counter!(BREAKER_REJECTED_TOTAL, "backend" => backend),
-                    }
+                    BreakerMetrics::register(backend_label(b))
                 }),
                 stale_served: metrics::counter!(STALE_SERVED_TOTAL),
                 writebacks_skipped: metrics::counter!(WRITEBACKS_SKIPPED_TOTAL),
@@ -297,18 +286,7 @@ fn describe() {
         PROXY_EJECTIONS_TOTAL,
         "Upstream hosts ejected by outlier detection."
     );
-    describe_gauge!(
-        BREAKER_STATE,
-        "Circuit breaker state by backend: 0 closed, 1 open, 2 half-open."
-    );
-    describe_counter!(
-        BREAKER_TRANSITIONS_TOTAL,
-        "Circuit breaker transitions, by backend and the state entered."
-    );
-    describe_counter!(
-        BREAKER_REJECTED_TOTAL,
-        "Backend calls refused at once because the backend's breaker was open."
-    );
+    BreakerMetrics::describe();
     describe_counter!(
         STALE_SERVED_TOTAL,
         "Tier-0 answers served past their TTL because the backends could not be asked."

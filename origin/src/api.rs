@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use edgelink_core::breaker::{Breaker, BreakerMetrics};
+use edgelink_core::config::BreakerConfig;
 use edgelink_core::link::now;
 use edgelink_core::net::{json as json_response, json_bytes, Body, BodyError};
 use edgelink_core::store::{LinkPatch, MAX_LIST};
@@ -84,6 +86,10 @@ pub struct Api {
     pub public_url: String,
     pub invalidator: Arc<dyn Invalidator>,
     pub max_body_bytes: usize,
+    /// The storage's circuit breaker: while it is open every API call
+    /// (they all need storage) fails at once with 503, instead of each
+    /// waiting out a timeout.
+    pub storage: Arc<Breaker>,
 }
 
 impl Api {
@@ -106,6 +112,12 @@ impl Api {
         }
     }
 
+    /// Replaces the storage breaker with one reporting to `metrics`.
+    pub fn with_breaker_metrics(mut self, config: &BreakerConfig, metrics: BreakerMetrics) -> Api {
+        self.storage = Arc::new(Breaker::new(self.links.name(), config, metrics));
+        self
+    }
+
     async fn route<B>(
         &self,
         method: &Method,
@@ -122,6 +134,32 @@ impl Api {
         if (method, rest) == (&Method::GET, "openapi.json") {
             return Ok(json_bytes(StatusCode::OK, OPENAPI));
         }
+        let Some(permit) = self.storage.try_acquire() else {
+            return Err(ApiError::unavailable(
+                "storage is failing; retry shortly (with the same Idempotency-Key to make it safe)",
+            ));
+        };
+        let result = self
+            .route_stored(method, path, rest, query, headers, body)
+            .await;
+        permit.record(!matches!(&result, Err(e) if e.storage_failed));
+        result
+    }
+
+    /// The routes that need storage.
+    async fn route_stored<B>(
+        &self,
+        method: &Method,
+        path: &str,
+        rest: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<Response<Body>, ApiError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let segments: Vec<&str> = rest.split('/').collect();
         // Authenticate before reading a body or touching storage.
         let key_id = self.keys.check(headers).await?;

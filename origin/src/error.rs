@@ -14,6 +14,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u32>,
+    /// Storage timed out or could not be reached (counts against its
+    /// circuit breaker).
+    pub storage_failed: bool,
 }
 
 impl ApiError {
@@ -23,6 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            storage_failed: false,
         }
     }
 
@@ -69,8 +73,11 @@ impl ApiError {
 impl From<edgelink_core::StoreError> for ApiError {
     fn from(e: edgelink_core::StoreError) -> ApiError {
         tracing::warn!(error = %e, "storage call failed");
-        ApiError::unavailable(
-            "storage is unavailable; retry (with the same Idempotency-Key to make it safe)",
-        )
+        ApiError {
+            storage_failed: edgelink_core::breaker::is_failure(&e),
+            ..ApiError::unavailable(
+                "storage is unavailable; retry (with the same Idempotency-Key to make it safe)",
+            )
+        }
     }
 }

@@ -75,7 +75,6 @@ pub async fn build(
         keys.register("bootstrap", key).await?;
     }
     Ok(Api {
-        links,
         cache,
         store,
         keys,
@@ -93,8 +92,14 @@ pub async fn build(
             default_redirect: config.redirect.default_status,
         },
         public_url,
+        storage: Arc::new(edgelink_core::breaker::Breaker::new(
+            links.name(),
+            &config.breaker,
+            edgelink_core::breaker::BreakerMetrics::default(),
+        )),
         invalidator,
         max_body_bytes: o.max_body_bytes,
+        links,
     })
 }
 

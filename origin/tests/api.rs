@@ -791,3 +791,86 @@ async fn an_orphaned_idempotency_binding_is_completed_by_a_retry() {
         "https://example.com/orphan"
     );
 }
+
+/// Issue 5: with PostgreSQL blackholed (a fault proxy between the origin
+/// and it), creations fail with 503 and `Retry-After` within the storage
+/// timeout, and at once when the breaker has opened; a link acknowledged
+/// before the fault is still there after it, and creations succeed again
+/// within 5 s of it ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_blackholed_fails_creations_fast_and_loses_nothing() {
+    use edgelink_core::testing::fault::{Fault, FaultProxy};
+    use std::time::{Duration, Instant};
+
+    let mut env = env().await;
+    fill(&env, 1_000).await;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap())
+        .await
+        .unwrap();
+    let direct = env.config.postgres.url.clone().unwrap();
+    let through = direct.replacen("127.0.0.1:5432", &proxy.addr().to_string(), 1);
+    assert_ne!(
+        through, direct,
+        "the test database URL names 127.0.0.1:5432"
+    );
+    env.config.postgres.url = Some(through);
+    env.config.postgres.timeout_ms = 500;
+    env.config.postgres.connect_timeout_ms = 300;
+    env.links = Arc::new(PgStore::connect(&env.config.postgres).await.unwrap());
+    let api = origin(&env).await;
+    let before = create(&api, &env.key, json!({"url": "https://example.com/before"})).await;
+    assert_eq!(before.status, StatusCode::CREATED, "{}", before.body);
+    let code = before.body["code"].as_str().unwrap().to_owned();
+
+    proxy.set(Fault::Blackhole);
+    let mut took = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let r = create(
+            &api,
+            &env.key,
+            json!({"url": format!("https://example.com/{i}")}),
+        )
+        .await;
+        took.push(started.elapsed());
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    }
+    let slowest = *took.iter().max().unwrap();
+    let fast = took
+        .iter()
+        .filter(|t| **t < Duration::from_millis(50))
+        .count();
+    eprintln!("blackholed: slowest 503 {slowest:?}, {fast} of 20 at once");
+    assert!(slowest <= Duration::from_millis(600), "{took:?}");
+    assert!(fast >= 10, "the breaker opened after a few: {took:?}");
+
+    proxy.set(Fault::Pass);
+    let healed = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = create(
+            &api,
+            &env.key,
+            json!({"url": format!("https://example.com/after{n}")}),
+        )
+        .await;
+        if r.status == StatusCode::CREATED {
+            break;
+        }
+        assert!(healed.elapsed() < Duration::from_secs(5), "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("creations again after {:?}", healed.elapsed());
+    let r = call(
+        &api,
+        Method::GET,
+        &format!("/api/v1/links/{code}"),
+        &auth(&env.key),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["url"], "https://example.com/before");
+}

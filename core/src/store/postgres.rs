@@ -26,8 +26,16 @@ const NAME: &str = "postgres";
 /// (the bytes of "edgelink" read as an i64).
 const MIGRATION_LOCK: i64 = 0x6564_6765_6c69_6e6b;
 
-/// Budget of a bulk write (an import batch); lookups use `postgres.timeout_ms`.
+/// Most time a bulk write (an import batch) may take.
 const BULK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The budget of inserting `rows` links: the query timeout plus 10 ms a row,
+/// at most [`BULK_TIMEOUT`] (never less than the timeout). One link (an API
+/// creation) gets about the timeout, so a creation fails as fast as a lookup.
+fn insert_budget(timeout: Duration, rows: usize) -> Duration {
+    let per_row = Duration::from_millis(10).saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX));
+    (timeout + per_row).min(BULK_TIMEOUT).max(timeout)
+}
 
 const GET_LINK: &str =
     "SELECT target, redirect, created_at, expires_at, disabled FROM links WHERE code = $1";
@@ -274,7 +282,7 @@ impl LinkStore for PgStore {
         let expires: Vec<Option<OffsetDateTime>> = links.iter().map(|l| l.expires_at).collect();
         let disabled: Vec<bool> = links.iter().map(|l| l.disabled).collect();
         let rows = self
-            .with_conn(BULK_TIMEOUT.max(self.timeout), async |c| {
+            .with_conn(insert_budget(self.timeout, links.len()), async |c| {
                 c.client
                     .query(
                         INSERT_LINKS,
