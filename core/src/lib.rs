@@ -17,9 +17,12 @@
 //! - [`net`]: what every role serves HTTP with: socket2 listeners and the
 //!   hyper accept loop (connection cap, timeouts, graceful drain).
 //! - [`retry`]: jittered exponential backoff for reconnects and retries.
+//! - [`breaker`]: circuit breakers, and [`breaker::Guarded`] to put one in
+//!   front of a store or cache.
 //! - [`shutdown`], [`telemetry`]: process plumbing.
 //! - `testing` (hidden): fresh-database and Redis-prefix helpers for the
-//!   workspace's tests against the real services.
+//!   workspace's tests against the real services, and the fault tests'
+//!   own `redis-server` and TCP fault proxy.
 
 pub mod breaker;
 pub mod code;
