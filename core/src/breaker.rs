@@ -34,7 +34,7 @@ use metrics::{Counter, Gauge};
 use crate::config::BreakerConfig;
 use crate::error::StoreError;
 use crate::link::Link;
-use crate::store::{InsertReport, LinkCache, LinkPatch, LinkStore};
+use crate::store::{ClickDelta, DailyClicks, InsertReport, LinkCache, LinkPatch, LinkStore};
 
 /// A breaker's state, as exported (`edgelink_breaker_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,6 +396,24 @@ impl LinkStore for Guarded<dyn LinkStore> {
     }
     async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Link>, StoreError> {
         self.breaker.call(self.inner.list(after, limit)).await
+    }
+    async fn add_clicks(
+        &self,
+        edge: &str,
+        seq: u64,
+        deltas: &[ClickDelta],
+    ) -> Result<bool, StoreError> {
+        self.breaker
+            .call(self.inner.add_clicks(edge, seq, deltas))
+            .await
+    }
+    async fn clicks(
+        &self,
+        code: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<DailyClicks>, StoreError> {
+        self.breaker.call(self.inner.clicks(code, from, to)).await
     }
 }
 

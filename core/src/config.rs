@@ -20,9 +20,10 @@ use crate::link::RedirectStatus;
 pub const ENV_PREFIX: &str = "EDGELINK_";
 
 /// Sections an environment variable may address.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "server",
     "breaker",
+    "analytics",
     "tls",
     "proxy",
     "limits",
@@ -54,6 +55,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub limits: LimitsConfig,
     pub breaker: BreakerConfig,
+    pub analytics: AnalyticsConfig,
 }
 
 /// Listeners and connection limits.
@@ -359,6 +361,30 @@ pub struct BreakerConfig {
     pub max_open_ms: u64,
     /// Calls let through at once to probe a half-open backend.
     pub half_open_probes: u32,
+}
+
+/// Click counting at the edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// Count redirects per link and UTC day, human and bot.
+    pub enabled: bool,
+    /// How often counts are flushed to the source of truth.
+    pub flush_interval_ms: u64,
+    /// (code, day) pairs held between flushes at most, counting those of a
+    /// flush being retried; clicks for new pairs beyond it are dropped
+    /// (`edgelink_clicks_dropped_total`).
+    pub max_pending: usize,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            enabled: true,
+            flush_interval_ms: 1_000,
+            max_pending: 100_000,
+        }
+    }
 }
 
 impl Default for BreakerConfig {
@@ -894,6 +920,15 @@ impl Config {
         need(
             p.unhealthy_threshold > 0 && p.healthy_threshold > 0,
             "proxy.unhealthy_threshold and proxy.healthy_threshold must be > 0".into(),
+        );
+        let a = &self.analytics;
+        need(
+            (10..=600_000).contains(&a.flush_interval_ms),
+            "analytics.flush_interval_ms must be 10..=600000".into(),
+        );
+        need(
+            (1..=100_000_000).contains(&a.max_pending),
+            "analytics.max_pending must be 1..=100000000".into(),
         );
         let b = &self.breaker;
         need(

@@ -35,6 +35,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "api_keys",
         sql: include_str!("../migrations/postgres/0004_api_keys.sql"),
     },
+    Migration {
+        version: 5,
+        name: "clicks",
+        sql: include_str!("../migrations/postgres/0005_clicks.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -57,6 +62,11 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "api_keys",
         sql: include_str!("../migrations/sqlite/0004_api_keys.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "clicks",
+        sql: include_str!("../migrations/sqlite/0005_clicks.sql"),
     },
 ];
 

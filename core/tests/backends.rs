@@ -336,3 +336,78 @@ async fn sqlite_updates_deletes_and_lists() {
         .unwrap();
     updates_deletes_and_lists(&store).await;
 }
+
+/// Click flushes add up, per (code, day), and a flush applied once is never
+/// applied again (a retry after a lost answer adds nothing).
+async fn clicks_add_up_once_per_flush(store: &dyn LinkStore) {
+    use edgelink_core::store::{ClickDelta, DailyClicks};
+    let day = time::macros::date!(2026 - 11 - 25);
+    let next = time::macros::date!(2026 - 11 - 26);
+    let delta = |code: &str, day, human, bot| ClickDelta {
+        code: code.to_owned(),
+        day,
+        human,
+        bot,
+    };
+    let first = [
+        delta("a", day, 3, 1),
+        delta("a", next, 2, 0),
+        delta("b", day, 0, 5),
+    ];
+    assert!(store.add_clicks("edge1", 1, &first).await.unwrap());
+    assert!(
+        !store.add_clicks("edge1", 1, &first).await.unwrap(),
+        "a retried flush is skipped"
+    );
+    // Another edge's flush, and this edge's next one, add to the same rows.
+    assert!(store
+        .add_clicks("edge2", 1, &[delta("a", day, 10, 10)])
+        .await
+        .unwrap());
+    assert!(store
+        .add_clicks("edge1", 2, &[delta("a", next, 1, 1)])
+        .await
+        .unwrap());
+    let a = store.clicks("a", day, next).await.unwrap();
+    assert_eq!(
+        a,
+        vec![
+            DailyClicks {
+                day,
+                human: 13,
+                bot: 11
+            },
+            DailyClicks {
+                day: next,
+                human: 3,
+                bot: 1
+            },
+        ]
+    );
+    assert_eq!(
+        store.clicks("a", next, next).await.unwrap().len(),
+        1,
+        "the range is inclusive"
+    );
+    assert_eq!(store.clicks("b", day, day).await.unwrap()[0].bot, 5);
+    assert!(store.clicks("nope", day, next).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn postgres_clicks_add_up_once_per_flush() {
+    let db = TestDb::create().await;
+    clicks_add_up_once_per_flush(&pg(&db).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_clicks_add_up_once_per_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        edgelink_core::store::sqlite::SqliteStore::open(&edgelink_core::config::SqliteConfig {
+            path: dir.path().join("edgelink.db"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    clicks_add_up_once_per_flush(&store).await;
+}

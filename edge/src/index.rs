@@ -29,15 +29,28 @@
 //!    cloning the header and copying it out stay on the same line or two.
 //!
 //! The shard locks sit on lines of their own and stay cached.
+//!
+//! # Click counts
+//!
+//! Each slot also counts the redirects served from it, human and bot: one
+//! relaxed `fetch_add` on the slot's own line, already in cache, under the
+//! read lock the hit holds anyway. [`Index::drain_clicks`] (the flusher,
+//! once a second) takes the counts; a slot that is replaced passes its
+//! counts on to its successor, and one that is removed leaves them in a
+//! small spill map the next drain empties, so no counted click is lost to
+//! eviction.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use hashbrown::HashTable;
 use http::{HeaderValue, StatusCode};
 
+use crate::clicks::Click;
 use crate::resolve::Answer;
 use crate::respond::NO_STORE;
 
@@ -106,9 +119,23 @@ struct Slot {
     deadline_ms: u64,
     kind: Kind,
     code_len: u8,
+    /// Redirects served from this slot since the last drain: human, bot.
+    clicks: [AtomicU32; 2],
 }
 
 impl Slot {
+    /// Takes the slot's counts (leaving zeros), without writing to a line
+    /// that has none.
+    fn take_clicks(&self) -> [u32; 2] {
+        self.clicks.each_ref().map(|c| {
+            if c.load(Ordering::Relaxed) == 0 {
+                0
+            } else {
+                c.swap(0, Ordering::Relaxed)
+            }
+        })
+    }
+
     #[inline]
     fn code(&self) -> &[u8] {
         self.block.get(..usize::from(self.code_len)).unwrap_or(&[])
@@ -145,6 +172,8 @@ struct Shard(RwLock<HashTable<Slot>>);
 
 pub struct Index {
     shards: Box<[Shard]>,
+    /// Counts of removed slots, until the next drain.
+    spilled: Mutex<HashMap<Box<[u8]>, [u64; 2]>>,
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
 }
@@ -155,6 +184,7 @@ impl Index {
             shards: (0..SHARDS)
                 .map(|_| Shard(RwLock::new(HashTable::new())))
                 .collect(),
+            spilled: Mutex::new(HashMap::new()),
             // SipHash with a per-process key: codes come from clients, and a
             // keyed hash keeps them from aiming at one bucket.
             hasher: std::collections::hash_map::RandomState::new(),
@@ -181,13 +211,15 @@ impl Index {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The answer for `code` if indexed and within its lifetime.
+    /// The answer for `code` if indexed and within its lifetime; a
+    /// redirect served is counted as `click` (when counting is on).
     #[inline]
     pub fn get(
         &self,
         code: &str,
         hash: u64,
         permanent_cache_control: &HeaderValue,
+        click: Option<Click>,
     ) -> Option<Answer> {
         let now = self.now_ms();
         let shard = self.shard(hash).read().unwrap_or_else(|p| p.into_inner());
@@ -195,7 +227,65 @@ impl Index {
         if now >= slot.deadline_ms {
             return None;
         }
+        if let (Some(click), Kind::Redirect { .. }) = (click, slot.kind) {
+            slot.clicks[click as usize].fetch_add(1, Ordering::Relaxed);
+        }
         slot.answer(permanent_cache_control)
+    }
+
+    /// Counts a redirect for `code` served from elsewhere than a hit (a
+    /// miss just indexed, a stale answer): on its slot when there is one,
+    /// else in the spill map.
+    pub fn count(&self, code: &str, hash: u64, click: Click) {
+        {
+            let shard = self.shard(hash).read().unwrap_or_else(|p| p.into_inner());
+            if let Some(slot) = shard.find(hash, |s| s.code() == code.as_bytes()) {
+                slot.clicks[click as usize].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut counts = [0; 2];
+        counts[click as usize] = 1;
+        self.spill(code.as_bytes(), counts);
+    }
+
+    fn spill(&self, code: &[u8], counts: [u64; 2]) {
+        if counts == [0, 0] {
+            return;
+        }
+        let mut spilled = self.spilled.lock().unwrap_or_else(|p| p.into_inner());
+        match spilled.get_mut(code) {
+            Some(c) => {
+                c[0] += counts[0];
+                c[1] += counts[1];
+            }
+            None => {
+                spilled.insert(code.into(), counts);
+            }
+        }
+    }
+
+    fn spill_slot(&self, slot: &Slot) {
+        let [h, b] = slot.take_clicks();
+        self.spill(slot.code(), [u64::from(h), u64::from(b)]);
+    }
+
+    /// Takes every count since the last drain: `f(code, human, bot)` once
+    /// per code with clicks (a code may come twice: its slot and its spill).
+    pub fn drain_clicks(&self, mut f: impl FnMut(&[u8], u64, u64)) {
+        for shard in self.shards.iter() {
+            let shard = shard.0.read().unwrap_or_else(|p| p.into_inner());
+            for slot in shard.iter() {
+                let [h, b] = slot.take_clicks();
+                if h != 0 || b != 0 {
+                    f(slot.code(), u64::from(h), u64::from(b));
+                }
+            }
+        }
+        let spilled = std::mem::take(&mut *self.spilled.lock().unwrap_or_else(|p| p.into_inner()));
+        for (code, [h, b]) in spilled {
+            f(&code, h, b);
+        }
     }
 
     /// Indexes `answer` for `code` until `deadline`. `block` must start with
@@ -237,11 +327,19 @@ impl Index {
             deadline_ms,
             kind,
             code_len,
+            clicks: [AtomicU32::new(0), AtomicU32::new(0)],
         };
         let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
         let hasher = |s: &Slot| self.hasher.hash_one(s.code());
         match shard.entry(hash, |s| s.code() == code.as_bytes(), hasher) {
-            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = slot,
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                // The code's counts carry over to its new answer.
+                let counts = o.get().take_clicks();
+                for (to, n) in slot.clicks.iter().zip(counts) {
+                    to.store(n, Ordering::Relaxed);
+                }
+                *o.get_mut() = slot;
+            }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(slot);
             }
@@ -251,7 +349,11 @@ impl Index {
     /// Empties the index.
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            shard.0.write().unwrap_or_else(|p| p.into_inner()).clear();
+            let mut shard = shard.0.write().unwrap_or_else(|p| p.into_inner());
+            for slot in shard.iter() {
+                self.spill_slot(slot);
+            }
+            shard.clear();
         }
     }
 
@@ -271,6 +373,7 @@ impl Index {
         let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
         if let Ok(o) = shard.find_entry(hash, |s| s.code() == code.as_bytes()) {
             if remove(o.get()) {
+                self.spill_slot(o.get());
                 o.remove();
             }
         }
@@ -285,7 +388,13 @@ impl Index {
                 .0
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            shard.retain(|slot| slot.deadline_ms > now);
+            shard.retain(|slot| {
+                let keep = slot.deadline_ms > now;
+                if !keep {
+                    self.spill_slot(slot);
+                }
+                keep
+            });
         }
     }
 
@@ -349,7 +458,7 @@ mod tests {
     }
 
     fn get(index: &Index, code: &str) -> Option<Answer> {
-        index.get(code, index.hash(code), &permanent())
+        index.get(code, index.hash(code), &permanent(), None)
     }
 
     #[test]
@@ -447,6 +556,67 @@ mod tests {
         let g = block(b"g", b"");
         insert(&index, "g", &g, &Answer::Gone, Duration::from_secs(60));
         assert!(matches!(get(&index, "g"), Some(Answer::Gone)));
+    }
+
+    fn drained(index: &Index) -> Vec<(String, u64, u64)> {
+        let mut all = Vec::new();
+        index
+            .drain_clicks(|code, h, b| all.push((String::from_utf8(code.to_vec()).unwrap(), h, b)));
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn clicks_are_counted_on_hits_and_survive_replacement_and_removal() {
+        let index = Index::new();
+        let ttl = Duration::from_secs(60);
+        let (b, a) = redirect("a", "https://example.com/a");
+        insert(&index, "a", &b, &a, ttl);
+        let hit = |click| index.get("a", index.hash("a"), &permanent(), click);
+        for _ in 0..3 {
+            hit(Some(Click::Human));
+        }
+        hit(Some(Click::Bot));
+        hit(None); // counting off
+        assert_eq!(drained(&index), [("a".to_owned(), 3, 1)]);
+        assert!(drained(&index).is_empty(), "a drain takes the counts");
+
+        // Replaced (a new answer for the same code): the counts carry over.
+        hit(Some(Click::Human));
+        let (b2, a2) = redirect("a", "https://example.com/a2");
+        insert(&index, "a", &b2, &a2, ttl);
+        hit(Some(Click::Human));
+        // Removed (an invalidation), and counted without a slot.
+        index.remove("a");
+        index.count("a", index.hash("a"), Click::Bot);
+        assert_eq!(drained(&index), [("a".to_owned(), 2, 1)]);
+
+        // Unknown and gone codes are not counted.
+        let g = block(b"g", b"");
+        insert(&index, "g", &g, &Answer::Gone, ttl);
+        index.get("g", index.hash("g"), &permanent(), Some(Click::Human));
+        assert!(drained(&index).is_empty());
+
+        // Swept or cleared slots spill their counts.
+        let (b3, a3) = redirect("s", "https://example.com/s");
+        index.insert(
+            "s",
+            index.hash("s"),
+            &b3,
+            &a3,
+            Instant::now() + Duration::from_millis(30),
+        );
+        index.get("s", index.hash("s"), &permanent(), Some(Click::Human));
+        std::thread::sleep(Duration::from_millis(40));
+        index.sweep(0, Index::SHARDS);
+        let (b4, a4) = redirect("c", "https://example.com/c");
+        insert(&index, "c", &b4, &a4, ttl);
+        index.get("c", index.hash("c"), &permanent(), Some(Click::Bot));
+        index.clear();
+        assert_eq!(
+            drained(&index),
+            [("c".to_owned(), 0, 1), ("s".to_owned(), 1, 0)]
+        );
     }
 
     #[test]

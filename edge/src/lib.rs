@@ -11,7 +11,9 @@
 //!   answers, single-flight, negative caching), tier 1 (Redis) and tier 2
 //!   (PostgreSQL or SQLite).
 //! - [`index`]: the read index of tier 0 (what hits are served from; moka
-//!   decides what it holds).
+//!   decides what it holds), and the per-link click counters in its slots.
+//! - [`clicks`]: bot detection and the flusher that writes click counts to
+//!   the source of truth.
 //! - [`invalidate`]: codes to drop from tier 0, from an in-process origin or
 //!   the shared cache's pub/sub channel.
 //! - [`tls`]: rustls termination, certificates by SNI, reloads.
@@ -27,6 +29,7 @@
 //! proxied prefixes. Admin listener: `/metrics` (Prometheus text),
 //! `/healthz`.
 
+pub mod clicks;
 pub mod index;
 pub mod invalidate;
 pub mod limit;
@@ -202,6 +205,9 @@ struct App {
     api: Option<Route>,
     live: ArcSwap<Live>,
     certs: Option<Arc<Certificates>>,
+    bots: clicks::Bots,
+    /// `analytics.enabled` (reloadable).
+    counting: Arc<AtomicBool>,
 }
 
 /// Serves the edge on `listeners` until `shutdown` is cancelled, then drains
@@ -264,7 +270,20 @@ pub async fn run_with(
         api,
         live: ArcSwap::from_pointee(Live::new(&config, None, &metrics, &shutdown)),
         certs,
+        bots: clicks::Bots::new().map_err(std::io::Error::other)?,
+        counting: Arc::new(AtomicBool::new(config.analytics.enabled)),
     });
+    let flusher = clicks::Flusher::new(
+        app.resolver.index().clone(),
+        stores.source.clone(),
+        config.analytics.max_pending,
+        metrics.clicks.clone(),
+    );
+    let flushing = flusher.run(
+        Duration::from_millis(config.analytics.flush_interval_ms),
+        app.counting.clone(),
+        shutdown.clone(),
+    );
     let mut publics = listeners.public.into_iter();
     let first = publics
         .next()
@@ -382,14 +401,15 @@ pub async fn run_with(
         _ => None,
     };
     let invalidating = apply_invalidations(app.clone(), invalidations, shutdown.clone());
-    tokio::join!(
+    let (.., flusher) = tokio::join!(
         public_task,
         redirect_task,
         admin_task,
         mark_draining,
         invalidating,
         reloading,
-        background(app, prometheus, shutdown)
+        background(app, prometheus, shutdown),
+        flushing
     );
     for thread in threads {
         let joined = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -399,6 +419,10 @@ pub async fn run_with(
             _ => tracing::error!("a listener thread panicked"),
         }
     }
+    // Every request is answered: the last counts go out.
+    flusher
+        .finish(Duration::from_millis(config.server.drain_timeout_ms))
+        .await;
     tracing::info!("edge stopped");
     Ok(())
 }
@@ -619,7 +643,11 @@ impl App {
             let _ = charged.set((limit.clone(), client));
             Ok(())
         };
-        let found = self.resolver.resolve_gated(code, gate).await;
+        let click = self.counting.load(Ordering::Relaxed).then(|| {
+            self.bots
+                .classify(req.headers().get(http::header::USER_AGENT))
+        });
+        let found = self.resolver.resolve_gated(code, click, gate).await;
         let charged = charged.into_inner();
         let refund = || {
             if let Some((limit, client)) = &charged {
@@ -675,6 +703,8 @@ impl App {
         let live = Live::new(config, Some(&self.live.load()), &self.metrics, shutdown);
         self.live.store(Arc::new(live));
         self.resolver.set_redirect(&config.redirect).await;
+        self.counting
+            .store(config.analytics.enabled, Ordering::Relaxed);
         if let Some(certs) = &self.certs {
             if let Err(e) = certs.reload_from(&config.tls.certificates) {
                 tracing::error!(error = %e, "certificates not reloaded; keeping the old ones");

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::clicks::ClickMetrics;
 use edgelink_core::breaker::BreakerMetrics;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -30,6 +31,10 @@ pub const PROXY_RETRIES_TOTAL: &str = "edgelink_proxy_retries_total";
 pub const PROXY_EJECTIONS_TOTAL: &str = "edgelink_proxy_ejections_total";
 pub const PROXY_READMISSIONS_TOTAL: &str = "edgelink_proxy_readmissions_total";
 pub const PROXY_FAILURES_TOTAL: &str = "edgelink_proxy_failures_total";
+pub const CLICKS_TOTAL: &str = "edgelink_clicks_total";
+pub const CLICKS_DROPPED_TOTAL: &str = "edgelink_clicks_dropped_total";
+pub const CLICK_FLUSH_FAILURES_TOTAL: &str = "edgelink_click_flush_failures_total";
+pub const CLICKS_PENDING: &str = "edgelink_clicks_pending";
 pub const STALE_SERVED_TOTAL: &str = "edgelink_stale_served_total";
 pub const WRITEBACKS_SKIPPED_TOTAL: &str = "edgelink_cache_writebacks_skipped_total";
 
@@ -109,6 +114,7 @@ pub struct EdgeMetrics {
     pub stale_served: Counter,
     /// Tier-1 write-backs dropped because too many were in flight.
     pub writebacks_skipped: Counter,
+    pub clicks: ClickMetrics,
 }
 
 impl EdgeMetrics {
@@ -204,6 +210,12 @@ impl EdgeMetrics {
                 }),
                 stale_served: metrics::counter!(STALE_SERVED_TOTAL),
                 writebacks_skipped: metrics::counter!(WRITEBACKS_SKIPPED_TOTAL),
+                clicks: ClickMetrics {
+                    flushed: ["human", "bot"].map(|k| metrics::counter!(CLICKS_TOTAL, "kind" => k)),
+                    dropped: metrics::counter!(CLICKS_DROPPED_TOTAL),
+                    flush_failures: metrics::counter!(CLICK_FLUSH_FAILURES_TOTAL),
+                    pending: metrics::gauge!(CLICKS_PENDING),
+                },
             }
         });
         (m, handle)
@@ -287,6 +299,22 @@ fn describe() {
         "Upstream hosts ejected by outlier detection."
     );
     BreakerMetrics::describe();
+    describe_counter!(
+        CLICKS_TOTAL,
+        "Clicks (redirects served) written to the source of truth, by kind (human, bot)."
+    );
+    describe_counter!(
+        CLICKS_DROPPED_TOTAL,
+        "Clicks dropped because analytics.max_pending (code, day) pairs were already waiting."
+    );
+    describe_counter!(
+        CLICK_FLUSH_FAILURES_TOTAL,
+        "Click flushes that failed (their counts are kept and retried)."
+    );
+    describe_gauge!(
+        CLICKS_PENDING,
+        "(code, day) click counts waiting to be written to the source of truth."
+    );
     describe_counter!(
         STALE_SERVED_TOTAL,
         "Tier-0 answers served past their TTL because the backends could not be asked."

@@ -40,6 +40,7 @@ use http::{HeaderValue, StatusCode};
 use moka::future::Cache;
 use moka::Expiry;
 
+use crate::clicks::Click;
 use crate::index::{self, Index};
 use crate::metrics::{EdgeMetrics, Tier, BACKEND_CACHE, BACKEND_STORE};
 
@@ -215,7 +216,7 @@ impl Resolver {
     /// means the backends could not answer and nothing was cached.
     pub async fn resolve(&self, code: &str) -> Result<(Answer, Tier), Arc<StoreError>> {
         match self
-            .resolve_gated(code, || Ok::<(), Infallible>(()))
+            .resolve_gated(code, None, || Ok::<(), Infallible>(()))
             .await?
         {
             Ok(found) => Ok(found),
@@ -225,16 +226,18 @@ impl Resolver {
 
     /// [`Resolver::resolve`], asking `gate` before going past tier 0: an
     /// `Err` from it is returned instead of asking the backends (a client
-    /// out of 404 tokens).
+    /// out of 404 tokens). A redirect answered is counted as `click`
+    /// (`None`: counting is off).
     pub async fn resolve_gated<W>(
         &self,
         code: &str,
+        click: Option<Click>,
         gate: impl FnOnce() -> Result<(), W>,
     ) -> Result<Result<(Answer, Tier), W>, Arc<StoreError>> {
         let hash = self.index.hash(code);
         let hit = self
             .index
-            .get(code, hash, &self.permanent_cache_control.load());
+            .get(code, hash, &self.permanent_cache_control.load(), click);
         if let Some(answer) = hit {
             self.metrics.cache_hits.increment(1);
             if index::sampled() {
@@ -247,12 +250,15 @@ impl Resolver {
             if Instant::now() < self.expiry.fresh_until(&entry) {
                 self.metrics.cache_hits.increment(1);
                 self.index_entry(code, hash, &entry);
+                self.count(code, hash, &entry.answer, click);
                 return Ok(Ok((entry.answer.clone(), Tier::Memory)));
             }
             // Past its TTL, kept for stale-if-error: a link or a 410, so
             // no 404 token is at stake.
             self.metrics.cache_misses.increment(1);
-            return Ok(Ok(self.refresh(code, hash, entry).await));
+            let (answer, tier) = self.refresh(code, hash, entry).await;
+            self.count(code, hash, &answer, click);
+            return Ok(Ok((answer, tier)));
         }
         if let Err(refused) = gate() {
             return Ok(Err(refused));
@@ -263,7 +269,20 @@ impl Resolver {
             .try_get_with_by_ref(code, self.load(code))
             .await?;
         self.index_entry(code, hash, &entry);
+        self.count(code, hash, &entry.answer, click);
         Ok(Ok((entry.answer.clone(), entry.source)))
+    }
+
+    /// Counts a redirect answered other than by an index hit.
+    fn count(&self, code: &str, hash: u64, answer: &Answer, click: Option<Click>) {
+        if let (Some(click), Answer::Redirect { .. }) = (click, answer) {
+            self.index.count(code, hash, click);
+        }
+    }
+
+    /// The read index (whose slots hold the click counts).
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
     }
 
     /// Reloads a stale entry (one load per code however many ask); if the

@@ -16,7 +16,11 @@ use edgelink_core::breaker::{Breaker, BreakerMetrics};
 use edgelink_core::config::BreakerConfig;
 use edgelink_core::link::now;
 use edgelink_core::net::{json as json_response, json_bytes, Body, BodyError};
-use edgelink_core::store::{LinkPatch, MAX_LIST};
+use edgelink_core::store::{LinkPatch, MAX_LIST, MAX_STATS_DAYS};
+
+/// `YYYY-MM-DD`, the dates of the stats API.
+const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
 use edgelink_core::{Link, LinkCache, LinkStore};
 use edgelink_keypool::lease::Leaser;
 use http::header::LOCATION;
@@ -50,6 +54,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/links/{code}"),
     ("PATCH", "/api/v1/links/{code}"),
     ("DELETE", "/api/v1/links/{code}"),
+    ("GET", "/api/v1/links/{code}/stats"),
     ("GET", "/api/v1/openapi.json"),
 ];
 
@@ -192,6 +197,7 @@ impl Api {
                 self.batch(req.links).await
             }
             (&Method::GET, ["links"]) => self.list(query).await,
+            (&Method::GET, ["links", code, "stats"]) => self.stats(code, query).await,
             (&Method::GET, ["links", code]) => {
                 let link = self
                     .links
@@ -555,6 +561,73 @@ impl Api {
         Ok(json_response(
             StatusCode::OK,
             &json!({ "links": items, "next_cursor": next }),
+        ))
+    }
+
+    /// Click counts of a link: totals and a daily series (every day of the
+    /// range, zeros included), human and bot. `from`/`to` are UTC dates,
+    /// inclusive; by default the last 30 days up to today.
+    async fn stats(&self, code: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+        let date = |v: &str, name: &str| {
+            time::Date::parse(v, DATE).map_err(|_| {
+                ApiError::invalid("invalid_date", format!("{name} must be a date, YYYY-MM-DD"))
+            })
+        };
+        let mut to = time::OffsetDateTime::now_utc().date();
+        let mut from = None;
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "from" => from = Some(date(&v, "from")?),
+                "to" => to = date(&v, "to")?,
+                other => {
+                    return Err(ApiError::bad_request(
+                        "unknown_parameter",
+                        format!("unknown query parameter {other:?}"),
+                    ))
+                }
+            }
+        }
+        let from = from.unwrap_or(to - time::Duration::days(29));
+        let days = (to - from).whole_days() + 1;
+        if !(1..=MAX_STATS_DAYS).contains(&days) {
+            return Err(ApiError::invalid(
+                "invalid_range",
+                format!("from must not be after to, and the range at most {MAX_STATS_DAYS} days"),
+            ));
+        }
+        if self.links.find(code).await?.is_none() {
+            return Err(ApiError::not_found());
+        }
+        let counted = self.links.clicks(code, from, to).await?;
+        let mut by_day = counted.iter().peekable();
+        let (mut human, mut bot) = (0u64, 0u64);
+        let mut daily = Vec::with_capacity(usize::try_from(days).unwrap_or(0));
+        let mut day = from;
+        while day <= to {
+            let (h, b) = match by_day.next_if(|c| c.day == day) {
+                Some(c) => (c.human, c.bot),
+                None => (0, 0),
+            };
+            human += h;
+            bot += b;
+            daily.push(json!({
+                "date": day.format(DATE).unwrap_or_default(),
+                "clicks": h + b,
+                "human": h,
+                "bot": b,
+            }));
+            let Some(next) = day.next_day() else { break };
+            day = next;
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "code": code,
+                "from": from.format(DATE).unwrap_or_default(),
+                "to": to.format(DATE).unwrap_or_default(),
+                "total": { "clicks": human + bot, "human": human, "bot": bot },
+                "daily": daily,
+            }),
         ))
     }
 

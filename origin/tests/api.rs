@@ -874,3 +874,108 @@ async fn storage_blackholed_fails_creations_fast_and_loses_nothing() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["url"], "https://example.com/before");
 }
+
+/// Issue 6: the stats API sums the edges' click counts per day, human and
+/// bot, with every day of the range in the series.
+#[tokio::test]
+async fn stats_give_totals_and_a_daily_series() {
+    use edgelink_core::store::ClickDelta;
+    let env = env().await;
+    fill(&env, 100).await;
+    let api = origin(&env).await;
+    let made = create(
+        &api,
+        &env.key,
+        json!({"url": "https://example.com/counted"}),
+    )
+    .await;
+    assert_eq!(made.status, StatusCode::CREATED);
+    let code = made.body["code"].as_str().unwrap().to_owned();
+    let today = time::OffsetDateTime::now_utc().date();
+    let day = |back: i64| today - time::Duration::days(back);
+    let delta = |d, human, bot| ClickDelta {
+        code: code.clone(),
+        day: d,
+        human,
+        bot,
+    };
+    env.links
+        .add_clicks("e1", 1, &[delta(day(0), 5, 2), delta(day(2), 1, 0)])
+        .await
+        .unwrap();
+    env.links
+        .add_clicks("e2", 1, &[delta(day(0), 1, 1), delta(day(40), 9, 9)])
+        .await
+        .unwrap();
+
+    let stats = |q: String| {
+        let (api, key, code) = (&api, env.key.clone(), code.clone());
+        async move {
+            call(
+                api,
+                Method::GET,
+                &format!("/api/v1/links/{code}/stats{q}"),
+                &auth(&key),
+                "",
+            )
+            .await
+        }
+    };
+    // Default: the last 30 days.
+    let r = stats(String::new()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["total"], json!({"clicks": 10, "human": 7, "bot": 3}));
+    let daily = r.body["daily"].as_array().unwrap();
+    assert_eq!(daily.len(), 30);
+    let fmt = |d: time::Date| format!("{d}");
+    assert_eq!(r.body["to"], fmt(today));
+    assert_eq!(
+        daily[29],
+        json!({"date": fmt(today), "clicks": 9, "human": 6, "bot": 3})
+    );
+    assert_eq!(
+        daily[27],
+        json!({"date": fmt(day(2)), "clicks": 1, "human": 1, "bot": 0})
+    );
+    assert_eq!(
+        daily[28]["clicks"], 0,
+        "days without clicks are there, as zeros"
+    );
+
+    let r = stats(format!("?from={}&to={}", fmt(day(45)), fmt(day(40)))).await;
+    assert_eq!(r.body["total"], json!({"clicks": 18, "human": 9, "bot": 9}));
+    assert_eq!(r.body["daily"].as_array().unwrap().len(), 6);
+
+    for (q, status, error) in [
+        (
+            format!("?from={}&to={}", fmt(day(0)), fmt(day(1))),
+            422,
+            "invalid_range",
+        ),
+        ("?from=2026-13-01".to_owned(), 422, "invalid_date"),
+        ("?from=2010-01-01".to_owned(), 422, "invalid_range"),
+        ("?since=2026-01-01".to_owned(), 400, "unknown_parameter"),
+    ] {
+        let r = stats(q.clone()).await;
+        assert_eq!(r.status.as_u16(), status, "{q}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], error, "{q}");
+    }
+    let r = call(
+        &api,
+        Method::GET,
+        "/api/v1/links/nope/stats",
+        &auth(&env.key),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(
+        &api,
+        Method::GET,
+        &format!("/api/v1/links/{code}/stats"),
+        &HeaderMap::new(),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}

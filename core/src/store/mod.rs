@@ -42,6 +42,26 @@ pub struct LinkPatch {
     pub disabled: Option<bool>,
 }
 
+/// Clicks to add to one link's count for one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickDelta {
+    pub code: String,
+    pub day: time::Date,
+    pub human: u64,
+    pub bot: u64,
+}
+
+/// One link's clicks on one UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DailyClicks {
+    pub day: time::Date,
+    pub human: u64,
+    pub bot: u64,
+}
+
+/// Days one [`LinkStore::clicks`] call covers at most.
+pub const MAX_STATS_DAYS: i64 = 3_660;
+
 /// Most links one [`LinkStore::list`] call returns.
 pub const MAX_LIST: u32 = 1_000;
 
@@ -76,6 +96,26 @@ pub trait LinkStore: Send + Sync + 'static {
     /// Existing links with codes after `after`, in code order, at most
     /// `limit` (capped at [`MAX_LIST`]).
     async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Link>, StoreError>;
+
+    /// Adds a flush of click counts, all or nothing, at most once per
+    /// `(edge, seq)`: `Ok(false)` when that flush was applied before (a
+    /// retry after a lost answer), and nothing is added again. `deltas`
+    /// holds each (code, day) once.
+    async fn add_clicks(
+        &self,
+        edge: &str,
+        seq: u64,
+        deltas: &[ClickDelta],
+    ) -> Result<bool, StoreError>;
+
+    /// `code`'s clicks per day from `from` to `to` (inclusive), days with
+    /// none left out, in day order.
+    async fn clicks(
+        &self,
+        code: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<DailyClicks>, StoreError>;
 }
 
 /// A shared cache tier in front of the source of truth.

@@ -18,7 +18,7 @@ use crate::config::PostgresConfig;
 use crate::error::{with_timeout, StoreError};
 use crate::link::{Link, RedirectStatus};
 use crate::migrate;
-use crate::store::{InsertReport, LinkPatch, LinkStore, MAX_LIST};
+use crate::store::{ClickDelta, DailyClicks, InsertReport, LinkPatch, LinkStore, MAX_LIST};
 
 const NAME: &str = "postgres";
 
@@ -53,6 +53,21 @@ const UPDATE_LINK: &str = "UPDATE links SET \
      disabled = coalesce($6, disabled) \
      WHERE code = $1 AND deleted_at IS NULL \
      RETURNING target, redirect, created_at, expires_at, disabled, code";
+
+/// Adds a flush once: the flush's row in click_flushes is inserted in the
+/// same statement, and the counts only if it was new. Returns one row,
+/// whether the flush was applied.
+const ADD_CLICKS: &str = "WITH flush AS ( \
+         INSERT INTO click_flushes (edge, seq) VALUES ($1, $2) \
+         ON CONFLICT DO NOTHING RETURNING 1 \
+     ), added AS ( \
+         INSERT INTO link_clicks (code, day, human, bot) \
+         SELECT * FROM unnest($3::text[], $4::date[], $5::int8[], $6::int8[]) \
+         WHERE EXISTS (SELECT 1 FROM flush) \
+         ON CONFLICT (code, day) DO UPDATE SET \
+             human = link_clicks.human + excluded.human, \
+             bot = link_clicks.bot + excluded.bot \
+     ) SELECT EXISTS (SELECT 1 FROM flush)";
 
 const INSERT_LINKS: &str = "INSERT INTO links (code, target, redirect, created_at, expires_at, disabled) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::timestamptz[], $5::timestamptz[], $6::bool[]) \
@@ -377,6 +392,79 @@ impl LinkStore for PgStore {
                 .map(|r| {
                     let code: String = r.try_get(5).map_err(pg_err)?;
                     row_to_link(&code, r)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn add_clicks(
+        &self,
+        edge: &str,
+        seq: u64,
+        deltas: &[ClickDelta],
+    ) -> Result<bool, StoreError> {
+        let seq = i64::try_from(seq).map_err(pg_err)?;
+        // One statement, so all or nothing; rows are locked in (code, day)
+        // order, so edges flushing the same links cannot deadlock.
+        let mut sorted: Vec<&ClickDelta> = deltas.iter().collect();
+        sorted.sort_by(|a, b| (&a.code, a.day).cmp(&(&b.code, b.day)));
+        let codes: Vec<&str> = sorted.iter().map(|d| d.code.as_str()).collect();
+        let days: Vec<time::Date> = sorted.iter().map(|d| d.day).collect();
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let humans: Vec<i64> = sorted.iter().map(|d| count(d.human)).collect();
+        let bots: Vec<i64> = sorted.iter().map(|d| count(d.bot)).collect();
+        self.with_conn(insert_budget(self.timeout, deltas.len()), async |c| {
+            let rows = c
+                .client
+                .query(ADD_CLICKS, &[&edge, &seq, &codes, &days, &humans, &bots])
+                .await
+                .map_err(pg_err)?;
+            let applied: bool = rows
+                .first()
+                .map_or(Ok(false), |r| r.try_get(0))
+                .map_err(pg_err)?;
+            if applied && seq % 1_000 == 0 {
+                // Records of old flushes are only needed while one could
+                // still be retried.
+                let _ = c
+                    .client
+                    .execute(
+                        "DELETE FROM click_flushes WHERE applied_at < now() - interval '2 days'",
+                        &[],
+                    )
+                    .await;
+            }
+            Ok(applied)
+        })
+        .await
+    }
+
+    async fn clicks(
+        &self,
+        code: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<DailyClicks>, StoreError> {
+        self.with_conn(self.timeout, async |c| {
+            let rows = c
+                .client
+                .query(
+                    "SELECT day, human, bot FROM link_clicks \
+                     WHERE code = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
+                    &[&code, &from, &to],
+                )
+                .await
+                .map_err(pg_err)?;
+            rows.iter()
+                .map(|r| {
+                    let human: i64 = r.try_get(1).map_err(pg_err)?;
+                    let bot: i64 = r.try_get(2).map_err(pg_err)?;
+                    Ok(DailyClicks {
+                        day: r.try_get(0).map_err(pg_err)?,
+                        human: u64::try_from(human).unwrap_or(0),
+                        bot: u64::try_from(bot).unwrap_or(0),
+                    })
                 })
                 .collect()
         })

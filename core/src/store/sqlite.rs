@@ -19,7 +19,7 @@ use crate::config::SqliteConfig;
 use crate::error::{with_timeout, StoreError};
 use crate::link::{from_unix, Link, RedirectStatus};
 use crate::migrate;
-use crate::store::{InsertReport, LinkPatch, LinkStore, MAX_LIST};
+use crate::store::{ClickDelta, DailyClicks, InsertReport, LinkPatch, LinkStore, MAX_LIST};
 
 const NAME: &str = "sqlite";
 
@@ -376,6 +376,103 @@ impl LinkStore for SqliteStore {
                 })
                 .map_err(sql_err)?;
             rows.map(|r| r.map_err(sql_err)?).collect()
+        })
+        .await
+    }
+
+    async fn add_clicks(
+        &self,
+        edge: &str,
+        seq: u64,
+        deltas: &[ClickDelta],
+    ) -> Result<bool, StoreError> {
+        let edge = edge.to_owned();
+        let seq = i64::try_from(seq).map_err(|e| StoreError::unavailable(NAME, e))?;
+        let deltas = deltas.to_vec();
+        self.run(move |inner| {
+            let mut conn = lock(&inner.writer);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            let new = tx
+                .execute(
+                    "INSERT INTO click_flushes (edge, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    params![edge, seq],
+                )
+                .map_err(sql_err)?;
+            if new == 0 {
+                return Ok(false);
+            }
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO link_clicks (code, day, human, bot) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (code, day) DO UPDATE SET \
+                         human = human + excluded.human, bot = bot + excluded.bot",
+                    )
+                    .map_err(sql_err)?;
+                let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                for d in &deltas {
+                    stmt.execute(params![
+                        d.code,
+                        d.day.to_julian_day(),
+                        count(d.human),
+                        count(d.bot)
+                    ])
+                    .map_err(sql_err)?;
+                }
+            }
+            if seq % 1_000 == 0 {
+                tx.execute(
+                    "DELETE FROM click_flushes WHERE applied_at < unixepoch() - 2 * 86400",
+                    [],
+                )
+                .map_err(sql_err)?;
+            }
+            tx.commit().map_err(sql_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn clicks(
+        &self,
+        code: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<DailyClicks>, StoreError> {
+        let code = code.to_owned();
+        self.run(move |inner| {
+            let conn = inner.reader();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT day, human, bot FROM link_clicks \
+                     WHERE code = ?1 AND day BETWEEN ?2 AND ?3 ORDER BY day",
+                )
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map(
+                    params![code, from.to_julian_day(), to.to_julian_day()],
+                    |r| {
+                        Ok((
+                            r.get::<_, i32>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .map_err(sql_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (day, human, bot) = row.map_err(sql_err)?;
+                out.push(DailyClicks {
+                    day: time::Date::from_julian_day(day)
+                        .map_err(|e| StoreError::corrupt(NAME, format!("click day {day}: {e}")))?,
+                    human: u64::try_from(human).unwrap_or(0),
+                    bot: u64::try_from(bot).unwrap_or(0),
+                });
+            }
+            Ok(out)
         })
         .await
     }

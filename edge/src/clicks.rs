@@ -1,0 +1,348 @@
+//! Click counting, off the hot path.
+//!
+//! A redirect served from tier 0 is counted with one relaxed atomic add on
+//! its index slot ([`crate::index`]); nothing else happens in the request.
+//! Whether the click is a bot's is read off the `User-Agent` against the
+//! list in `edge/bots.txt` (one Aho-Corasick pass, ASCII case ignored).
+//!
+//! Once a second [`Flusher`] drains the counts into a map keyed by (code,
+//! UTC day) and writes them to the source of truth as additive deltas
+//! ([`LinkStore::add_clicks`]), so any number of edges count the same link.
+//! A flush is frozen once tried, with its own sequence number: a failed one
+//! is retried as it was, and the store applies each (edge, sequence) once,
+//! so a retry after a lost answer never counts twice. While one is being
+//! retried new counts keep accumulating beside it; together they hold at
+//! most `analytics.max_pending` (code, day) pairs, and clicks for new pairs
+//! beyond that are dropped and counted (`edgelink_clicks_dropped_total`).
+//! On graceful shutdown the edge flushes once more after the last request.
+//!
+//! A day is the UTC day of the drain, so a click in the last second of a
+//! day may be counted on the next.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use edgelink_core::store::ClickDelta;
+use edgelink_core::{LinkStore, StoreError};
+use http::HeaderValue;
+use metrics::{Counter, Gauge};
+use time::Date;
+
+use crate::index::Index;
+
+/// Who clicked, by `User-Agent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Click {
+    Human = 0,
+    Bot = 1,
+}
+
+/// The maintained list of bot `User-Agent` substrings.
+pub const BOT_LIST: &str = include_str!("../bots.txt");
+
+/// Tells bots from people by `User-Agent`.
+pub struct Bots {
+    matcher: AhoCorasick,
+}
+
+impl std::fmt::Debug for Bots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bots")
+            .field("patterns", &self.matcher.patterns_len())
+            .finish()
+    }
+}
+
+impl Bots {
+    /// The matcher for [`BOT_LIST`].
+    pub fn new() -> Result<Bots, String> {
+        Bots::from_list(BOT_LIST)
+    }
+
+    /// A matcher for `list` (one pattern a line; `#` comments, blank lines).
+    pub fn from_list(list: &str) -> Result<Bots, String> {
+        let patterns: Vec<&str> = list
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let matcher = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(patterns)
+            .map_err(|e| format!("bot list: {e}"))?;
+        Ok(Bots { matcher })
+    }
+
+    /// A missing or empty `User-Agent` is a bot's.
+    #[inline]
+    pub fn classify(&self, user_agent: Option<&HeaderValue>) -> Click {
+        match user_agent.map(HeaderValue::as_bytes) {
+            None | Some([]) => Click::Bot,
+            Some(ua) if self.matcher.is_match(ua) => Click::Bot,
+            Some(_) => Click::Human,
+        }
+    }
+}
+
+/// The flusher's metric handles.
+#[derive(Clone)]
+pub struct ClickMetrics {
+    /// Clicks written to the source of truth: human, bot.
+    pub flushed: [Counter; 2],
+    pub dropped: Counter,
+    pub flush_failures: Counter,
+    /// (code, day) pairs waiting to be written.
+    pub pending: Gauge,
+}
+
+impl ClickMetrics {
+    pub fn noop() -> ClickMetrics {
+        ClickMetrics {
+            flushed: [Counter::noop(), Counter::noop()],
+            dropped: Counter::noop(),
+            flush_failures: Counter::noop(),
+            pending: Gauge::noop(),
+        }
+    }
+}
+
+/// A flush that was tried: retried as it is until the store takes it.
+struct Frozen {
+    seq: u64,
+    deltas: Vec<ClickDelta>,
+}
+
+/// Drains the index's counts and writes them to the store.
+pub struct Flusher {
+    index: Arc<Index>,
+    store: Arc<dyn LinkStore>,
+    /// This process's name in `click_flushes`: random, per start.
+    edge: String,
+    seq: u64,
+    pending: HashMap<(Box<[u8]>, Date), [u64; 2]>,
+    frozen: Option<Frozen>,
+    max_pending: usize,
+    metrics: ClickMetrics,
+}
+
+impl Flusher {
+    pub fn new(
+        index: Arc<Index>,
+        store: Arc<dyn LinkStore>,
+        max_pending: usize,
+        metrics: ClickMetrics,
+    ) -> Flusher {
+        Flusher {
+            index,
+            store,
+            edge: format!("{:016x}", rand::random::<u64>()),
+            seq: 0,
+            pending: HashMap::new(),
+            frozen: None,
+            max_pending,
+            metrics,
+        }
+    }
+
+    /// This edge's flush name.
+    pub fn edge(&self) -> &str {
+        &self.edge
+    }
+
+    fn held(&self) -> usize {
+        self.pending.len() + self.frozen.as_ref().map_or(0, |f| f.deltas.len())
+    }
+
+    /// Moves the index's counts into the pending map, as clicks of `day`.
+    pub fn collect(&mut self, day: Date) {
+        let room = self.max_pending.saturating_sub(self.held());
+        let mut added = 0usize;
+        let mut dropped = 0u64;
+        let pending = &mut self.pending;
+        self.index.drain_clicks(|code, human, bot| {
+            if let Some(c) = pending.get_mut(&(Box::from(code), day)) {
+                c[0] += human;
+                c[1] += bot;
+            } else if added < room {
+                pending.insert((code.into(), day), [human, bot]);
+                added += 1;
+            } else {
+                dropped += human + bot;
+            }
+        });
+        if dropped > 0 {
+            self.metrics.dropped.increment(dropped);
+            tracing::warn!(
+                dropped,
+                "click counts dropped: too many waiting to be written"
+            );
+        }
+        self.metrics.pending.set(self.held() as f64);
+    }
+
+    /// Writes what is pending: the frozen flush first, then (if that went
+    /// through) the rest, frozen as the next flush.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        for _ in 0..2 {
+            if self.frozen.is_none() {
+                if self.pending.is_empty() {
+                    break;
+                }
+                self.seq += 1;
+                let deltas = self
+                    .pending
+                    .drain()
+                    .map(|((code, day), [human, bot])| ClickDelta {
+                        code: String::from_utf8_lossy(&code).into_owned(),
+                        day,
+                        human,
+                        bot,
+                    })
+                    .collect();
+                self.frozen = Some(Frozen {
+                    seq: self.seq,
+                    deltas,
+                });
+            }
+            let Some(frozen) = &self.frozen else { break };
+            match self
+                .store
+                .add_clicks(&self.edge, frozen.seq, &frozen.deltas)
+                .await
+            {
+                Ok(applied) => {
+                    if applied {
+                        let (h, b) = frozen
+                            .deltas
+                            .iter()
+                            .fold((0, 0), |(h, b), d| (h + d.human, b + d.bot));
+                        self.metrics.flushed[0].increment(h);
+                        self.metrics.flushed[1].increment(b);
+                    }
+                    self.frozen = None;
+                }
+                Err(e) => {
+                    self.metrics.flush_failures.increment(1);
+                    self.metrics.pending.set(self.held() as f64);
+                    return Err(e);
+                }
+            }
+        }
+        self.metrics.pending.set(self.held() as f64);
+        Ok(())
+    }
+
+    /// Collects and flushes every `interval` until `stop`; then returns
+    /// itself for the final flush (after the last request).
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        counting: Arc<std::sync::atomic::AtomicBool>,
+        stop: edgelink_core::shutdown::CancellationToken,
+    ) -> Flusher {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return self,
+                _ = tick.tick() => {}
+            }
+            // Counting off: nothing new to take (what was counted before
+            // goes out with the final flush, or when it is on again).
+            if counting.load(std::sync::atomic::Ordering::Relaxed) {
+                self.collect(today());
+            }
+            match self.flush().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "click flush failed; keeping the counts");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last flush, at shutdown: tries until `deadline` passes.
+    pub async fn finish(mut self, within: Duration) {
+        self.collect(today());
+        let deadline = tokio::time::Instant::now() + within;
+        let mut failures = 0;
+        loop {
+            match self.flush().await {
+                Ok(()) => return,
+                Err(e) => {
+                    failures += 1;
+                    let pause = edgelink_core::retry::backoff(failures);
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        let lost: u64 = self
+                            .pending
+                            .values()
+                            .map(|[h, b]| h + b)
+                            .chain(
+                                self.frozen
+                                    .iter()
+                                    .flat_map(|f| f.deltas.iter().map(|d| d.human + d.bot)),
+                            )
+                            .sum();
+                        tracing::error!(error = %e, lost, "clicks not written before shutdown");
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// Today, UTC.
+pub fn today() -> Date {
+    time::OffsetDateTime::now_utc().date()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn browsers_are_people_and_fetchers_are_bots() {
+        let bots = Bots::new().unwrap();
+        let ua = |s: &'static str| Some(HeaderValue::from_static(s));
+        for human in [
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:133.0) Gecko/20100101 Firefox/133.0",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+            "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.81 Mobile Safari/537.36",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
+            "Mozilla/5.0 (Linux; Android 14; SAMSUNG SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/26.0 Chrome/122.0.0.0 Mobile Safari/537.36",
+        ] {
+            assert_eq!(bots.classify(ua(human).as_ref()), Click::Human, "{human}");
+        }
+        for bot in [
+            "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "Twitterbot/1.0",
+            "WhatsApp/2.23.20.0",
+            "TelegramBot (like TwitterBot)",
+            "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
+            "curl/8.5.0",
+            "python-requests/2.32.3",
+            "Go-http-client/1.1",
+            "UptimeRobot/2.0",
+            "kube-probe/1.31",
+            "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36",
+        ] {
+            assert_eq!(bots.classify(ua(bot).as_ref()), Click::Bot, "{bot}");
+        }
+        assert_eq!(bots.classify(None), Click::Bot, "no User-Agent");
+        assert_eq!(bots.classify(ua("").as_ref()), Click::Bot, "an empty one");
+    }
+}

@@ -1,0 +1,225 @@
+//! Click counting (issue 6): redirects across two edges add up exactly in
+//! PostgreSQL, human and bot apart; a graceful stop writes what is left; a
+//! PostgreSQL outage while counting loses nothing and counts nothing twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgelink_core::store::postgres::PgStore;
+use edgelink_core::testing::fault::{Fault, FaultProxy};
+use edgelink_core::{LinkStore, Stores};
+use http::Method;
+use support::*;
+
+const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0";
+const USER_AGENTS: [Option<&str>; 5] = [
+    Some(BROWSER),
+    Some("facebookexternalhit/1.1"),
+    Some("Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) Mobile/15E148 Safari/604.1"),
+    Some("curl/8.5.0"),
+    None,
+];
+
+/// `n` redirects for `code` on `edge`, cycling through [`USER_AGENTS`]
+/// from `offset`: the (human, bot) clicks sent.
+async fn click(edge: &TestEdge, code: &str, n: usize, offset: usize) -> (u64, u64) {
+    let (mut human, mut bot) = (0, 0);
+    for i in 0..n {
+        let ua = USER_AGENTS[(i + offset) % USER_AGENTS.len()];
+        let headers: Vec<(&str, &str)> = ua.map(|u| ("user-agent", u)).into_iter().collect();
+        let r = edge
+            .send(Method::GET, &format!("/{code}"), &headers, Bytes::new())
+            .await;
+        assert_eq!(r.status, 302);
+        match ua {
+            Some(BROWSER)
+            | Some(
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) Mobile/15E148 Safari/604.1",
+            ) => human += 1,
+            _ => bot += 1,
+        }
+    }
+    (human, bot)
+}
+
+async fn counted(store: &dyn LinkStore, code: &str) -> (u64, u64) {
+    let today = time::OffsetDateTime::now_utc().date();
+    let days = store
+        .clicks(code, today - time::Duration::days(1), today)
+        .await
+        .unwrap();
+    days.iter()
+        .fold((0, 0), |(h, b), d| (h + d.human, b + d.bot))
+}
+
+fn counting_config(flush_ms: u64) -> edgelink_core::Config {
+    let mut config = test_config();
+    config.analytics.flush_interval_ms = flush_ms;
+    config
+}
+
+async fn pg_stores(db: &TestDb, config: &mut edgelink_core::Config) -> Stores {
+    let stores = distributed_stores(db, config, false).await;
+    insert(
+        stores.source.as_ref(),
+        &[
+            link("a", "https://example.com/a"),
+            link("b", "https://example.com/b"),
+            link("c", "https://example.com/c"),
+        ],
+    )
+    .await;
+    stores
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_on_two_edges_add_up_exactly_human_and_bot_apart() {
+    let db = TestDb::create().await;
+    let mut config = counting_config(100);
+    let stores = pg_stores(&db, &mut config).await;
+    let source = stores.source.clone();
+    let one = TestEdge::start(config.clone(), stores.clone()).await;
+    let two = TestEdge::start(config.clone(), stores).await;
+
+    let mut want = std::collections::HashMap::new();
+    for (edge, code, n, offset) in [
+        (&one, "a", 300, 0),
+        (&two, "a", 201, 1),
+        (&one, "b", 57, 2),
+        (&two, "c", 1, 0),
+    ] {
+        let (h, b) = click(edge, code, n, offset).await;
+        let w = want.entry(code).or_insert((0, 0));
+        w.0 += h;
+        w.1 += b;
+    }
+    for (code, want) in &want {
+        let added_up = eventually(Duration::from_secs(5), || async {
+            counted(source.as_ref(), code).await == *want
+        })
+        .await;
+        assert!(
+            added_up,
+            "{code}: {:?} counted, {want:?} sent",
+            counted(source.as_ref(), code).await
+        );
+    }
+    // More flushes add nothing more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (code, want) in &want {
+        assert_eq!(counted(source.as_ref(), code).await, *want, "{code}");
+    }
+    // 404s and 410s are not clicks.
+    assert_eq!(one.get("/zzz").await.status, 404);
+    assert_eq!(counted(source.as_ref(), "zzz").await, (0, 0));
+    let flushed = one.metric(r#"edgelink_clicks_total{kind="human"}"#).await
+        + two.metric(r#"edgelink_clicks_total{kind="human"}"#).await;
+    assert_eq!(flushed as u64, want.values().map(|w| w.0).sum::<u64>());
+    one.stop().await;
+    two.stop().await;
+}
+
+/// With a flush interval far longer than the test, only the flush at
+/// shutdown can write the counts: they are all there after a graceful stop,
+/// and a new edge on the same database adds to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_writes_the_last_counts_and_they_survive_a_restart() {
+    let db = TestDb::create().await;
+    let mut config = counting_config(600_000);
+    let stores = pg_stores(&db, &mut config).await;
+    let source = stores.source.clone();
+    let edge = TestEdge::start(config.clone(), stores.clone()).await;
+    let first = click(&edge, "a", 40, 0).await;
+    assert_eq!(
+        counted(source.as_ref(), "a").await,
+        (0, 0),
+        "not flushed yet"
+    );
+    edge.stop().await;
+    assert_eq!(counted(source.as_ref(), "a").await, first);
+
+    let again = TestEdge::start(config, stores).await;
+    let second = click(&again, "a", 10, 0).await;
+    again.stop().await;
+    assert_eq!(
+        counted(source.as_ref(), "a").await,
+        (first.0 + second.0, first.1 + second.1)
+    );
+}
+
+/// PostgreSQL blackholed while clicks are counted: flushes fail and are
+/// retried; once it is back every click is written exactly once, though a
+/// flush sent during the outage reaches PostgreSQL after it (the fault
+/// proxy holds bytes back, as a partition would) and is then retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_while_counting_loses_and_doubles_nothing() {
+    let db = TestDb::create().await;
+    let mut config = counting_config(100);
+    config.postgres.timeout_ms = 300;
+    config.postgres.connect_timeout_ms = 300;
+    let direct = pg_stores(&db, &mut config).await;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap())
+        .await
+        .unwrap();
+    config.postgres.url = Some(
+        db.url
+            .replacen("127.0.0.1:5432", &proxy.addr().to_string(), 1),
+    );
+    let stores = Stores {
+        source: Arc::new(PgStore::connect(&config.postgres).await.unwrap()),
+        cache: None,
+        embedded: None,
+    };
+    let edge = TestEdge::start(config, stores).await;
+    let before = click(&edge, "a", 20, 0).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            counted(direct.source.as_ref(), "a").await == before
+        })
+        .await
+    );
+
+    proxy.set(Fault::Blackhole);
+    // Served from tier 0 and counted while nothing reaches PostgreSQL.
+    let during = click(&edge, "a", 50, 1).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(edge.metric("edgelink_click_flush_failures_total").await >= 1.0);
+    assert!(edge.metric("edgelink_clicks_pending").await >= 1.0);
+    proxy.set(Fault::Pass);
+
+    let want = (before.0 + during.0, before.1 + during.1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            counted(direct.source.as_ref(), "a").await == want
+        })
+        .await,
+        "{:?} counted, {want:?} sent",
+        counted(direct.source.as_ref(), "a").await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        counted(direct.source.as_ref(), "a").await,
+        want,
+        "nothing twice"
+    );
+    assert_eq!(edge.metric("edgelink_clicks_dropped_total").await, 0.0);
+    edge.stop().await;
+}
+
+/// Counting off: redirects are served and nothing is written.
+#[tokio::test]
+async fn counting_can_be_turned_off() {
+    let db = TestDb::create().await;
+    let mut config = counting_config(100);
+    config.analytics.enabled = false;
+    let stores = pg_stores(&db, &mut config).await;
+    let source = stores.source.clone();
+    let edge = TestEdge::start(config, stores).await;
+    click(&edge, "a", 10, 0).await;
+    edge.stop().await;
+    assert_eq!(counted(source.as_ref(), "a").await, (0, 0));
+}
