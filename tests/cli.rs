@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use edgelink_core::testing::{redis_url, unique, TestDb};
 
+mod prom;
+
 fn edgelink() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edgelink"));
     // Only what the test sets reaches the binary.
@@ -788,6 +790,122 @@ fn origin_killed_mid_load_loses_no_acknowledged_link() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(again.stop().code(), Some(0));
     assert_eq!(edge.stop().code(), Some(0));
+    assert_eq!(keypool.stop().code(), Some(0));
+    drop(db);
+}
+
+/// Issue 6: the `/metrics` of every role parses as Prometheus text, every
+/// metric there is in the catalogue (docs/METRICS.md) with its type, every
+/// catalogued metric is exported by some role, and the dashboard and the
+/// alert rules use only catalogued metrics.
+#[test]
+fn metrics_of_every_role_parse_and_match_the_catalogue() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalogue =
+        prom::catalogue(&std::fs::read_to_string(root.join("docs/METRICS.md")).unwrap());
+    assert!(catalogue.len() > 30, "{catalogue:?}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::create());
+    let dir = tempfile::tempdir().unwrap();
+    let admin_token = "cli-admin-token-0123456789";
+    let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
+    assert!(out.status.success(), "{out:?}");
+    let keypool_admin = free_addr();
+    let keypool = Server {
+        child: edgelink()
+            .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
+            .arg(keypool_admin.to_string())
+            .env("EDGELINK_ADMIN_TOKEN", admin_token)
+            .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "100")
+            .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "1000")
+            .env("EDGELINK_KEYPOOL_BATCH_SIZE", "1000")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+        addr: keypool_admin,
+        admin: keypool_admin,
+    };
+    wait_for_free(keypool_admin, admin_token, 1000);
+    let roles = [
+        (
+            "serve",
+            Server::start(
+                edgelink()
+                    .args(["serve", "--sqlite"])
+                    .arg(dir.path().join("e.db")),
+            ),
+        ),
+        (
+            "edge",
+            Server::start(
+                edgelink()
+                    .args([
+                        "edge",
+                        "--postgres-url",
+                        &db.url,
+                        "--redis-url",
+                        &redis_url(),
+                    ])
+                    .env("EDGELINK_REDIS_KEY_PREFIX", unique("obs") + ":"),
+            ),
+        ),
+        (
+            "origin",
+            Server::start(edgelink().args(["origin", "--postgres-url", &db.url])),
+        ),
+    ];
+    let mut exported = std::collections::BTreeMap::new();
+    let mut scrape = |role: &str, admin: SocketAddr| {
+        let (status, text) = request(admin, "GET", "/metrics", None, "");
+        assert_eq!(status, 200, "{role}");
+        let families = prom::parse(&text).unwrap_or_else(|e| panic!("{role}: {e}\n{text}"));
+        for (name, kind) in families {
+            assert_eq!(
+                catalogue.get(&name),
+                Some(&kind),
+                "{role} exports {name} ({kind}): not in docs/METRICS.md with that type"
+            );
+            exported.insert(name, role.to_owned());
+        }
+    };
+    for (role, server) in &roles {
+        // A request first, so per-request series exist.
+        let _ = get(server.addr, "/nope");
+        scrape(role, server.admin);
+    }
+    scrape("keypool", keypool_admin);
+    let missing: Vec<&String> = catalogue
+        .keys()
+        .filter(|m| !exported.contains_key(*m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "catalogued but exported by no role: {missing:?}"
+    );
+
+    for file in [
+        "deploy/observability/grafana/dashboards/edgelink.json",
+        "deploy/observability/prometheus/alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        if file.ends_with(".json") {
+            let _: serde_json::Value = serde_json::from_str(&text).unwrap();
+        }
+        let used = prom::mentioned(&text, &catalogue);
+        assert!(used.len() > 5, "{file}: {used:?}");
+        let unknown: Vec<&String> = used
+            .iter()
+            .filter(|m| !catalogue.contains_key(*m))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics not in the catalogue: {unknown:?}"
+        );
+    }
+    for (_, server) in roles {
+        assert_eq!(server.stop().code(), Some(0));
+    }
     assert_eq!(keypool.stop().code(), Some(0));
     drop(db);
 }

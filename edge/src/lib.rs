@@ -427,17 +427,26 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Periodic work: the cache-size gauge and the histogram upkeep the
-/// Prometheus recorder needs.
+/// Periodic work: the request-rate and cache-size gauges, index sweeps and
+/// the histogram upkeep the Prometheus recorder needs.
 async fn background(app: Arc<App>, prometheus: PrometheusHandle, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
+    let mut last = (std::time::Instant::now(), app.metrics.answered.sum());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let now = (std::time::Instant::now(), app.metrics.answered.sum());
+        let secs = now.0.duration_since(last.0).as_secs_f64();
+        if secs > 0.0 {
+            app.metrics
+                .request_rate
+                .set(now.1.saturating_sub(last.1) as f64 / secs);
+        }
+        last = now;
         app.resolver.sweep_index(n);
         let entries = app.resolver.cache_entries().await;
         app.metrics.cache_entries.set(entries as f64);

@@ -31,6 +31,7 @@ pub const PROXY_RETRIES_TOTAL: &str = "edgelink_proxy_retries_total";
 pub const PROXY_EJECTIONS_TOTAL: &str = "edgelink_proxy_ejections_total";
 pub const PROXY_READMISSIONS_TOTAL: &str = "edgelink_proxy_readmissions_total";
 pub const PROXY_FAILURES_TOTAL: &str = "edgelink_proxy_failures_total";
+pub const REQUEST_RATE: &str = "edgelink_http_request_rate";
 pub const CLICKS_TOTAL: &str = "edgelink_clicks_total";
 pub const CLICKS_DROPPED_TOTAL: &str = "edgelink_clicks_dropped_total";
 pub const CLICK_FLUSH_FAILURES_TOTAL: &str = "edgelink_click_flush_failures_total";
@@ -115,6 +116,50 @@ pub struct EdgeMetrics {
     /// Tier-1 write-backs dropped because too many were in flight.
     pub writebacks_skipped: Counter,
     pub clicks: ClickMetrics,
+    /// Requests answered per second over the last second.
+    pub request_rate: Gauge,
+    /// Requests answered, for the rate: one stripe per thread, so counting
+    /// is one uncontended atomic add.
+    pub answered: Stripes,
+}
+
+/// A counter striped over cache lines: each thread adds to its own stripe
+/// (threads beyond the stripe count share), and a reader sums them.
+pub struct Stripes([Stripe; STRIPES]);
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe(std::sync::atomic::AtomicU64);
+
+const STRIPES: usize = 16;
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Stripes(std::array::from_fn(|_| Stripe::default()))
+    }
+}
+
+impl Stripes {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        thread_local! {
+            static MINE: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES
+            };
+        }
+        let i = MINE.with(|i| *i);
+        self.0[i]
+            .0
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|s| s.0.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
 }
 
 impl EdgeMetrics {
@@ -210,6 +255,8 @@ impl EdgeMetrics {
                 }),
                 stale_served: metrics::counter!(STALE_SERVED_TOTAL),
                 writebacks_skipped: metrics::counter!(WRITEBACKS_SKIPPED_TOTAL),
+                request_rate: metrics::gauge!(REQUEST_RATE),
+                answered: Stripes::default(),
                 clicks: ClickMetrics {
                     flushed: ["human", "bot"].map(|k| metrics::counter!(CLICKS_TOTAL, "kind" => k)),
                     dropped: metrics::counter!(CLICKS_DROPPED_TOTAL),
@@ -224,6 +271,7 @@ impl EdgeMetrics {
     #[inline]
     pub fn request(&self, status_index: usize, tier: Tier) {
         self.requests[status_index][tier as usize].increment(1);
+        self.answered.add(1);
     }
 
     pub fn lookup(&self, backend: usize, took: Duration) {
@@ -299,6 +347,10 @@ fn describe() {
         "Upstream hosts ejected by outlier detection."
     );
     BreakerMetrics::describe();
+    describe_gauge!(
+        REQUEST_RATE,
+        "Requests answered per second on the public listener, over the last second (for the autoscaler)."
+    );
     describe_counter!(
         CLICKS_TOTAL,
         "Clicks (redirects served) written to the source of truth, by kind (human, bot)."

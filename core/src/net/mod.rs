@@ -6,6 +6,7 @@ mod body;
 pub mod framing;
 mod ipnet;
 pub mod listener;
+pub mod process;
 pub mod server;
 
 pub use body::Body;
@@ -56,14 +57,19 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// The routes every admin listener has: `GET /metrics` (the Prometheus text
-/// `render` makes) and `GET /healthz`. `None` for any other request.
+/// `render` makes, then the [`process`] metrics) and `GET /healthz`. `None`
+/// for any other request.
 pub fn admin_basics(
     method: &Method,
     path: &str,
     render: impl FnOnce() -> String,
 ) -> Option<Response<Body>> {
     match (method, path) {
-        (&Method::GET, "/metrics") => Some(with_type(StatusCode::OK, PROMETHEUS, render().into())),
+        (&Method::GET, "/metrics") => {
+            let mut text = render();
+            text.push_str(&process::render());
+            Some(with_type(StatusCode::OK, PROMETHEUS, text.into()))
+        }
         (&Method::GET, "/healthz") => Some(text(StatusCode::OK, "ok\n")),
         _ => None,
     }
