@@ -533,18 +533,22 @@ async fn embedded_mounts(
     .await?;
     tokio::spawn(pool.refiller.clone().run(shutdown));
     let (tx, rx) = tokio::sync::mpsc::channel(10_000);
-    let api = Arc::new(
-        edgelink_origin::build(
-            config,
-            stores.source.clone(),
-            None,
-            Arc::new(edgelink_origin::store::SqliteOrigin::new(sqlite)),
-            pool.leaser(config.keypool.lease_batch),
-            Arc::new(Channel(tx)),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("bootstrap API key: {e}"))?,
-    );
+    let mut api = edgelink_origin::build(
+        config,
+        stores.source.clone(),
+        None,
+        Arc::new(edgelink_origin::store::SqliteOrigin::new(sqlite)),
+        pool.leaser(config.keypool.lease_batch),
+        Arc::new(Channel(tx)),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("bootstrap API key: {e}"))?;
+    if config.tracing.otlp_endpoint.is_some() {
+        // The edge's request span is the task's current one; the storage
+        // calls of the API mounted here hang under it.
+        api.links = Arc::new(edgelink_core::trace::Traced(api.links.clone()));
+    }
+    let api = Arc::new(api);
     let admin = pool.admin.clone();
     Ok(edgelink_edge::Mounts {
         api: Some(Arc::new(move |req| {
@@ -628,7 +632,12 @@ fn serve_origin(config: Config) -> Result<ExitCode, Failure> {
             edgelink_core::breaker::BreakerMetrics::describe();
             edgelink_core::breaker::BreakerMetrics::register(stores.source.name())
         });
-        let api = api.with_breaker_metrics(&config.breaker, breaker_metrics);
+        let mut api = api.with_breaker_metrics(&config.breaker, breaker_metrics);
+        if let Some(tracer) =
+            edgelink_core::trace::Tracer::start(&config.tracing, "edgelink-origin")
+        {
+            api = api.with_tracer(tracer);
+        }
         let s = &config.server;
         let bind = |addr| {
             edgelink_core::net::listener::bind(addr, s.backlog)

@@ -909,3 +909,159 @@ fn metrics_of_every_role_parse_and_match_the_catalogue() {
     assert_eq!(keypool.stop().code(), Some(0));
     drop(db);
 }
+
+/// An OTLP/HTTP collector stand-in on a thread: the spans posted to it.
+fn collector() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = spans.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut len = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    for rs in v["resourceSpans"].as_array().unwrap() {
+                        let service =
+                            rs["resource"]["attributes"][0]["value"]["stringValue"].clone();
+                        for ss in rs["scopeSpans"].as_array().unwrap() {
+                            for span in ss["spans"].as_array().unwrap() {
+                                let mut span = span.clone();
+                                span["service"] = service.clone();
+                                kept.lock().unwrap().push(span);
+                            }
+                        }
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (addr, spans)
+}
+
+/// Issue 6: a creation sent to the edge with B3 can be followed edge ->
+/// origin -> PostgreSQL: both roles export their spans, in one trace, each
+/// hop the child of the one before.
+#[test]
+fn a_creation_is_traced_from_edge_through_origin_to_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::create());
+    let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
+    assert!(out.status.success(), "{out:?}");
+    let (otlp, spans) = collector();
+    let otlp = format!("http://{otlp}");
+    let admin_token = "cli-admin-token-0123456789";
+    let keypool_admin = free_addr();
+    let keypool = Server {
+        child: edgelink()
+            .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
+            .arg(keypool_admin.to_string())
+            .env("EDGELINK_ADMIN_TOKEN", admin_token)
+            .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "100")
+            .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "1000")
+            .env("EDGELINK_KEYPOOL_BATCH_SIZE", "1000")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+        addr: keypool_admin,
+        admin: keypool_admin,
+    };
+    wait_for_free(keypool_admin, admin_token, 1000);
+    let api_key = format!("el_{}", "t".repeat(40));
+    let origin = Server::start(
+        edgelink()
+            .args(["origin", "--postgres-url", &db.url])
+            .env("EDGELINK_BOOTSTRAP_API_KEY", &api_key)
+            .env("EDGELINK_TRACING_OTLP_ENDPOINT", &otlp)
+            .env("EDGELINK_TRACING_SAMPLE_RATIO", "0"),
+    );
+    let edge = Server::start(
+        edgelink()
+            .args(["edge", "--postgres-url", &db.url])
+            .env(
+                "EDGELINK_PROXY_UPSTREAMS",
+                format!("http://{}", origin.addr),
+            )
+            .env("EDGELINK_TRACING_OTLP_ENDPOINT", &otlp)
+            .env("EDGELINK_TRACING_SAMPLE_RATIO", "0"),
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut s = TcpStream::connect(edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = r#"{"url": "https://example.com/traced"}"#;
+    write!(
+        s,
+        "POST /api/v1/links HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {api_key}\r\nb3: {trace}-00f067aa0ba902b7-1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let find = |name: &str| {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s["traceId"] == trace && s["name"] == name)
+            .cloned()
+    };
+    while [
+        "edge.request",
+        "proxy.forward",
+        "origin.request",
+        "store.insert_links",
+    ]
+    .iter()
+    .any(|n| find(n).is_none())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "spans of the trace: {:#?}",
+            spans.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (edge_span, forward, origin_span, insert) = (
+        find("edge.request").unwrap(),
+        find("proxy.forward").unwrap(),
+        find("origin.request").unwrap(),
+        find("store.insert_links").unwrap(),
+    );
+    assert_eq!(edge_span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(edge_span["service"], "edgelink-edge");
+    assert_eq!(forward["parentSpanId"], edge_span["spanId"]);
+    assert_eq!(origin_span["parentSpanId"], forward["spanId"]);
+    assert_eq!(origin_span["service"], "edgelink-origin");
+    assert_eq!(insert["parentSpanId"], origin_span["spanId"]);
+    assert_eq!(insert["attributes"][0]["value"]["stringValue"], "postgres");
+    for server in [edge, origin, keypool] {
+        assert_eq!(server.stop().code(), Some(0));
+    }
+    drop(db);
+}

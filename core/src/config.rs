@@ -20,8 +20,10 @@ use crate::link::RedirectStatus;
 pub const ENV_PREFIX: &str = "EDGELINK_";
 
 /// Sections an environment variable may address.
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 17] = [
     "server",
+    "tracing",
+    "access_log",
     "breaker",
     "analytics",
     "tls",
@@ -56,6 +58,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub breaker: BreakerConfig,
     pub analytics: AnalyticsConfig,
+    pub tracing: TracingConfig,
+    pub access_log: AccessLogConfig,
 }
 
 /// Listeners and connection limits.
@@ -361,6 +365,54 @@ pub struct BreakerConfig {
     pub max_open_ms: u64,
     /// Calls let through at once to probe a half-open backend.
     pub half_open_probes: u32,
+}
+
+/// Distributed tracing ([`crate::trace`]): off unless an endpoint is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/HTTP base URL (`http://collector:4318`); spans go to
+    /// `<endpoint>/v1/traces` as JSON. None: tracing is off.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests traced when the caller sent no B3 sampling
+    /// decision (a decision it sent is followed).
+    pub sample_ratio: f64,
+    /// `service.name` of the spans; default: `edgelink-<role>`.
+    pub service_name: Option<String>,
+    /// Finished spans waiting for export at most; more are dropped.
+    pub max_queue: usize,
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: None,
+            sample_ratio: 0.01,
+            service_name: None,
+            max_queue: 4_096,
+            export_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// The edge's access log: JSON lines, written by a task of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// File appended to (`-`: standard output). None: no access log.
+    pub path: Option<PathBuf>,
+    /// Lines waiting to be written at most; more are dropped and counted.
+    pub max_queue: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            path: None,
+            max_queue: 8_192,
+        }
+    }
 }
 
 /// Click counting at the edge.
@@ -921,6 +973,25 @@ impl Config {
             p.unhealthy_threshold > 0 && p.healthy_threshold > 0,
             "proxy.unhealthy_threshold and proxy.healthy_threshold must be > 0".into(),
         );
+        let t = &self.tracing;
+        if let Some(endpoint) = &t.otlp_endpoint {
+            need(
+                upstream_base(endpoint).is_some(),
+                format!("tracing.otlp_endpoint: {endpoint:?} is not an http://host:port base URL"),
+            );
+        }
+        need(
+            t.sample_ratio.is_finite() && (0.0..=1.0).contains(&t.sample_ratio),
+            "tracing.sample_ratio must be 0..=1".into(),
+        );
+        need(
+            (1..=1_000_000).contains(&t.max_queue) && (1..=60_000).contains(&t.export_timeout_ms),
+            "tracing.max_queue must be 1..=1000000 and tracing.export_timeout_ms 1..=60000".into(),
+        );
+        need(
+            (1..=1_000_000).contains(&self.access_log.max_queue),
+            "access_log.max_queue must be 1..=1000000".into(),
+        );
         let a = &self.analytics;
         need(
             (10..=600_000).contains(&a.flush_interval_ms),
@@ -1092,6 +1163,8 @@ fn optional_keys(section: &str) -> &'static [&'static str] {
         "admin" => &["token"],
         "bootstrap" => &["api_key"],
         "tls" => &["redirect_listen"],
+        "tracing" => &["otlp_endpoint", "service_name"],
+        "access_log" => &["path"],
         _ => &[],
     }
 }

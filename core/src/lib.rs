@@ -19,6 +19,7 @@
 //! - [`retry`]: jittered exponential backoff for reconnects and retries.
 //! - [`breaker`]: circuit breakers, and [`breaker::Guarded`] to put one in
 //!   front of a store or cache.
+//! - [`trace`]: B3 propagation, sampled spans, OTLP/HTTP JSON export.
 //! - [`shutdown`], [`telemetry`]: process plumbing.
 //! - `testing` (hidden): fresh-database and Redis-prefix helpers for the
 //!   workspace's tests against the real services, and the fault tests'
@@ -38,6 +39,7 @@ pub mod store;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod trace;
 
 pub use code::{is_valid_code, MAX_CODE_LEN};
 pub use config::Config;

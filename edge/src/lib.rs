@@ -12,6 +12,7 @@
 //!   (PostgreSQL or SQLite).
 //! - [`index`]: the read index of tier 0 (what hits are served from; moka
 //!   decides what it holds), and the per-link click counters in its slots.
+//! - [`access`]: the JSON-lines access log, written by a thread of its own.
 //! - [`clicks`]: bot detection and the flusher that writes click counts to
 //!   the source of truth.
 //! - [`invalidate`]: codes to drop from tier 0, from an in-process origin or
@@ -29,6 +30,7 @@
 //! proxied prefixes. Admin listener: `/metrics` (Prometheus text),
 //! `/healthz`.
 
+pub mod access;
 pub mod clicks;
 pub mod index;
 pub mod invalidate;
@@ -206,6 +208,10 @@ struct App {
     live: ArcSwap<Live>,
     certs: Option<Arc<Certificates>>,
     bots: clicks::Bots,
+    /// Set when `tracing.otlp_endpoint` is.
+    tracer: Option<Arc<edgelink_core::trace::Tracer>>,
+    /// Set when `access_log.path` is.
+    access: Option<access::AccessLog>,
     /// `analytics.enabled` (reloadable).
     counting: Arc<AtomicBool>,
 }
@@ -271,6 +277,8 @@ pub async fn run_with(
         live: ArcSwap::from_pointee(Live::new(&config, None, &metrics, &shutdown)),
         certs,
         bots: clicks::Bots::new().map_err(std::io::Error::other)?,
+        tracer: edgelink_core::trace::Tracer::start(&config.tracing, "edgelink-edge"),
+        access: access::AccessLog::open(&config.access_log, metrics.access_log_dropped.clone())?,
         counting: Arc::new(AtomicBool::new(config.analytics.enabled)),
     });
     let flusher = clicks::Flusher::new(
@@ -374,6 +382,7 @@ pub async fn run_with(
         shutdown.clone(),
     );
     let draining_app = app.clone();
+    let closing = app.clone();
     let stop_accepting = shutdown.clone();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let mark_draining = async move {
@@ -419,10 +428,13 @@ pub async fn run_with(
             _ => tracing::error!("a listener thread panicked"),
         }
     }
-    // Every request is answered: the last counts go out.
+    // Every request is answered: the last counts and log lines go out.
     flusher
         .finish(Duration::from_millis(config.server.drain_timeout_ms))
         .await;
+    if let Some(log) = &closing.access {
+        log.close(Duration::from_secs(2));
+    }
     tracing::info!("edge stopped");
     Ok(())
 }
@@ -538,7 +550,78 @@ fn admin_route(renderers: &[PrometheusHandle], req: &Request<Incoming>) -> Respo
 // === impl App ===
 
 impl App {
+    #[inline]
     async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        if self.tracer.is_none() && self.access.is_none() {
+            return self.serve(req, peer).await;
+        }
+        self.serve_observed(req, peer).await
+    }
+
+    /// [`App::serve`] with tracing and the access log, as configured.
+    async fn serve_observed(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        let noted = self.access.as_ref().map(|_| {
+            (
+                self.live.load().client_ip(peer, req.headers()),
+                std::time::SystemTime::now(),
+                std::time::Instant::now(),
+                req.method().clone(),
+                req.uri().path().to_owned(),
+                req.headers().get(http::header::USER_AGENT).cloned(),
+            )
+        });
+        let resp = match &self.tracer {
+            Some(tracer) => self.serve_traced(tracer, req, peer).await,
+            None => self.serve(req, peer).await,
+        };
+        if let (Some(log), Some((client, at, started, method, path, user_agent))) =
+            (&self.access, noted)
+        {
+            log.log(access::Record {
+                at,
+                client,
+                method,
+                path,
+                status: resp.status().as_u16(),
+                duration: started.elapsed(),
+                user_agent,
+            });
+        }
+        resp
+    }
+
+    /// [`App::serve`] under a server span when the request is sampled (a
+    /// caller's B3 decision, else `tracing.sample_ratio`); the span is the
+    /// task's current one, so the proxy and the stores hang theirs under it.
+    async fn serve_traced(
+        &self,
+        tracer: &Arc<edgelink_core::trace::Tracer>,
+        mut req: Request<Incoming>,
+        peer: Peer,
+    ) -> Response<Body> {
+        use edgelink_core::trace;
+        let incoming = trace::extract(req.headers());
+        let Some(mut span) = tracer.server_span("edge.request", &incoming) else {
+            if incoming.sampled.is_none() {
+                // Not sampled here: the next hop is told, so it does not
+                // start a trace of its own.
+                req.headers_mut()
+                    .insert("b3", http::HeaderValue::from_static("0"));
+            }
+            return self.serve(req, peer).await;
+        };
+        span.set("http.request.method", req.method());
+        span.set("url.path", req.uri().path());
+        span.set("client.address", peer.addr.ip());
+        let resp = trace::scope(tracer.clone(), span.context(), self.serve(req, peer)).await;
+        span.set("http.response.status_code", resp.status().as_u16());
+        if resp.status().is_server_error() {
+            span.fail();
+        }
+        resp
+    }
+
+    async fn serve(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let head = req.method() == Method::HEAD;
         let readable = head || req.method() == Method::GET;

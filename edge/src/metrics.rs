@@ -31,6 +31,7 @@ pub const PROXY_RETRIES_TOTAL: &str = "edgelink_proxy_retries_total";
 pub const PROXY_EJECTIONS_TOTAL: &str = "edgelink_proxy_ejections_total";
 pub const PROXY_READMISSIONS_TOTAL: &str = "edgelink_proxy_readmissions_total";
 pub const PROXY_FAILURES_TOTAL: &str = "edgelink_proxy_failures_total";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "edgelink_access_log_dropped_total";
 pub const REQUEST_RATE: &str = "edgelink_http_request_rate";
 pub const CLICKS_TOTAL: &str = "edgelink_clicks_total";
 pub const CLICKS_DROPPED_TOTAL: &str = "edgelink_clicks_dropped_total";
@@ -118,6 +119,7 @@ pub struct EdgeMetrics {
     pub clicks: ClickMetrics,
     /// Requests answered per second over the last second.
     pub request_rate: Gauge,
+    pub access_log_dropped: Counter,
     /// Requests answered, for the rate: one stripe per thread, so counting
     /// is one uncontended atomic add.
     pub answered: Stripes,
@@ -256,6 +258,7 @@ impl EdgeMetrics {
                 stale_served: metrics::counter!(STALE_SERVED_TOTAL),
                 writebacks_skipped: metrics::counter!(WRITEBACKS_SKIPPED_TOTAL),
                 request_rate: metrics::gauge!(REQUEST_RATE),
+                access_log_dropped: metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
                 answered: Stripes::default(),
                 clicks: ClickMetrics {
                     flushed: ["human", "bot"].map(|k| metrics::counter!(CLICKS_TOTAL, "kind" => k)),
@@ -350,6 +353,10 @@ fn describe() {
     describe_gauge!(
         REQUEST_RATE,
         "Requests answered per second on the public listener, over the last second (for the autoscaler)."
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access log lines dropped because the writer was behind (access_log.max_queue)."
     );
     describe_counter!(
         CLICKS_TOTAL,

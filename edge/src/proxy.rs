@@ -259,6 +259,15 @@ impl Proxy {
             tried.push(index);
             let upstream = &self.upstreams[index];
             let _probe = Probe::claim(upstream);
+            // A sampled request's attempt is a client span, named to the
+            // origin as its parent (B3, both forms).
+            let mut span =
+                edgelink_core::trace::child("proxy.forward", edgelink_core::trace::CLIENT);
+            if let Some(s) = span.as_mut() {
+                s.set("server.address", &upstream.base);
+                s.set("edgelink.attempt", attempt + 1);
+                edgelink_core::trace::inject(&mut parts.headers, &s.context(), s.parent());
+            }
             let replayable = body.replay();
             let mut builder = Request::builder()
                 .method(parts.method.clone())
@@ -295,6 +304,9 @@ impl Proxy {
             let (resp, failure) = match outcome {
                 None => {
                     self.record(index, false);
+                    if let Some(s) = span.as_mut() {
+                        s.fail();
+                    }
                     return with_request_id(self.timed_out(), &request_id);
                 }
                 Some(Attempt::Answered(resp)) if resp.status().is_server_error() => {
@@ -309,6 +321,10 @@ impl Proxy {
                 Some(Attempt::Failed(why)) => (None, format!("{}: {why}", upstream.base)),
             };
             self.record(index, false);
+            if let Some(s) = span.as_mut() {
+                s.fail();
+                s.set("error.type", &failure);
+            }
             attempt += 1;
             let may_retry = match replayable {
                 Some(again)

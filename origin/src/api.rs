@@ -95,6 +95,9 @@ pub struct Api {
     /// (they all need storage) fails at once with 503, instead of each
     /// waiting out a timeout.
     pub storage: Arc<Breaker>,
+    /// Set by [`Api::with_tracer`] (the `origin` role with
+    /// `tracing.otlp_endpoint`).
+    pub tracer: Option<Arc<edgelink_core::trace::Tracer>>,
 }
 
 impl Api {
@@ -118,6 +121,14 @@ impl Api {
     }
 
     /// Replaces the storage breaker with one reporting to `metrics`.
+    /// Traces this API's requests (a server span each, continuing the
+    /// caller's B3 trace) and its storage calls (client spans under it).
+    pub fn with_tracer(mut self, tracer: Arc<edgelink_core::trace::Tracer>) -> Api {
+        self.links = Arc::new(edgelink_core::trace::Traced(self.links));
+        self.tracer = Some(tracer);
+        self
+    }
+
     pub fn with_breaker_metrics(mut self, config: &BreakerConfig, metrics: BreakerMetrics) -> Api {
         self.storage = Arc::new(Breaker::new(self.links.name(), config, metrics));
         self

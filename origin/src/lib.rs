@@ -100,6 +100,7 @@ pub async fn build(
         invalidator,
         max_body_bytes: o.max_body_bytes,
         links,
+        tracer: None,
     })
 }
 
@@ -163,9 +164,22 @@ pub async fn route(api: &Api, req: Request<hyper::body::Incoming>) -> Response<B
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     if path.starts_with(api::PREFIX) {
-        return api
-            .handle(&parts.method, path, parts.uri.query(), &parts.headers, body)
-            .await;
+        let handled = api.handle(&parts.method, path, parts.uri.query(), &parts.headers, body);
+        let Some(tracer) = &api.tracer else {
+            return handled.await;
+        };
+        let incoming = edgelink_core::trace::extract(&parts.headers);
+        let Some(mut span) = tracer.server_span("origin.request", &incoming) else {
+            return handled.await;
+        };
+        span.set("http.request.method", &parts.method);
+        span.set("url.path", path);
+        let resp = edgelink_core::trace::scope(tracer.clone(), span.context(), handled).await;
+        span.set("http.response.status_code", resp.status().as_u16());
+        if resp.status().is_server_error() {
+            span.fail();
+        }
+        return resp;
     }
     match (&parts.method, path) {
         (&Method::GET, "/healthz") => net::text(StatusCode::OK, "ok\n"),
