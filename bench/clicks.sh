@@ -15,7 +15,8 @@
 # medians, wrk's latency percentiles and the clicks the counting edge
 # wrote; raw outputs in bench/out/clicks-<stamp>/.
 # Knobs: BENCH_BIN (a release binary; default: build this tree), BENCH_PIN
-# ("SERVER_CPUS:LOAD_CPUS", e.g. "1:0").
+# ("SERVER_CPUS:LOAD_CPUS", e.g. "1:0"), BENCH_FLUSH_MS (the counting
+# edge's analytics.flush_interval_ms, default 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,8 +27,8 @@ CONNS=${BENCH_CONNS:-64}
 UA="Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 SERVER_PIN=(); LOAD_PIN=()
 if [ -n "${BENCH_PIN:-}" ]; then SERVER_PIN=(taskset -c "${BENCH_PIN%%:*}"); LOAD_PIN=(taskset -c "${BENCH_PIN##*:}"); fi
-for tool in wrk nginx python3 curl sqlite3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (Debian: apt-get install wrk nginx-light curl sqlite3)" >&2; exit 1; }
+for tool in wrk nginx python3 curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (Debian: apt-get install wrk nginx-light curl)" >&2; exit 1; }
 done
 if [ -z "${BENCH_BIN:-}" ]; then cargo build --release --quiet; BENCH_BIN=$ROOT/target/release/edgelink; fi
 BIN=$BENCH_BIN
@@ -58,7 +59,8 @@ http {
 NGINX
 "${SERVER_PIN[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 ON=$(port); OFF=$(port); ON_ADMIN=$(port)
-RUST_LOG=warn EDGELINK_CACHE_TTL_SECS=3600 "${SERVER_PIN[@]}" "$BIN" serve --sqlite "$OUT/on.db" \
+RUST_LOG=warn EDGELINK_CACHE_TTL_SECS=3600 EDGELINK_ANALYTICS_FLUSH_INTERVAL_MS=${BENCH_FLUSH_MS:-1000} \
+  "${SERVER_PIN[@]}" "$BIN" serve --sqlite "$OUT/on.db" \
   --listen "127.0.0.1:$ON" --admin-listen "127.0.0.1:$ON_ADMIN" 2> "$OUT/on.log" & PIDS+=($!)
 RUST_LOG=warn EDGELINK_CACHE_TTL_SECS=3600 EDGELINK_ANALYTICS_ENABLED=false "${SERVER_PIN[@]}" "$BIN" serve \
   --sqlite "$OUT/off.db" --listen "127.0.0.1:$OFF" --admin-listen "127.0.0.1:$(port)" 2> "$OUT/off.log" & PIDS+=($!)
