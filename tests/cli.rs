@@ -668,6 +668,32 @@ fn the_readme_edge_toml_example_is_a_valid_configuration() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
 }
 
+/// Migrates `db`, starts the `keypool` role on it and waits until the pool
+/// holds `keys` free keys.
+fn migrated_with_keypool(db: &TestDb, keys: u64) -> Server {
+    let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
+    assert!(out.status.success(), "{out:?}");
+    let admin_token = "cli-admin-token-0123456789";
+    let admin = free_addr();
+    let child = edgelink()
+        .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
+        .arg(admin.to_string())
+        .env("EDGELINK_ADMIN_TOKEN", admin_token)
+        .env("EDGELINK_KEYPOOL_LOW_WATERMARK", (keys / 2).to_string())
+        .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", keys.to_string())
+        .env("EDGELINK_KEYPOOL_BATCH_SIZE", keys.to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        addr: admin,
+        admin,
+    };
+    wait_for_free(admin, admin_token, keys);
+    server
+}
+
 /// Like [`request`], but `None` when the connection fails or is cut (the
 /// server was killed).
 fn try_request(
@@ -699,26 +725,7 @@ fn try_request(
 fn origin_killed_mid_load_loses_no_acknowledged_link() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(TestDb::create());
-    let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
-    assert!(out.status.success(), "{out:?}");
-    let admin_token = "cli-admin-token-0123456789";
-    let keypool_admin = free_addr();
-    let keypool = edgelink()
-        .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
-        .arg(keypool_admin.to_string())
-        .env("EDGELINK_ADMIN_TOKEN", admin_token)
-        .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "2000")
-        .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "5000")
-        .env("EDGELINK_KEYPOOL_BATCH_SIZE", "5000")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let keypool = Server {
-        child: keypool,
-        addr: keypool_admin,
-        admin: keypool_admin,
-    };
-    wait_for_free(keypool_admin, admin_token, 5000);
+    let keypool = migrated_with_keypool(&db, 5000);
 
     let api_key = format!("el_{}", "k".repeat(40));
     let origin = || {
@@ -808,25 +815,7 @@ fn metrics_of_every_role_parse_and_match_the_catalogue() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(TestDb::create());
     let dir = tempfile::tempdir().unwrap();
-    let admin_token = "cli-admin-token-0123456789";
-    let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
-    assert!(out.status.success(), "{out:?}");
-    let keypool_admin = free_addr();
-    let keypool = Server {
-        child: edgelink()
-            .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
-            .arg(keypool_admin.to_string())
-            .env("EDGELINK_ADMIN_TOKEN", admin_token)
-            .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "100")
-            .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "1000")
-            .env("EDGELINK_KEYPOOL_BATCH_SIZE", "1000")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-        addr: keypool_admin,
-        admin: keypool_admin,
-    };
-    wait_for_free(keypool_admin, admin_token, 1000);
+    let keypool = migrated_with_keypool(&db, 1000);
     let roles = [
         (
             "serve",
@@ -874,7 +863,7 @@ fn metrics_of_every_role_parse_and_match_the_catalogue() {
         let _ = get(server.addr, "/nope");
         scrape(role, server.admin);
     }
-    scrape("keypool", keypool_admin);
+    scrape("keypool", keypool.admin);
     let missing: Vec<&String> = catalogue
         .keys()
         .filter(|m| !exported.contains_key(*m))
@@ -943,17 +932,9 @@ fn collector() -> (
                     let mut body = vec![0; len];
                     reader.read_exact(&mut body).unwrap();
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    for rs in v["resourceSpans"].as_array().unwrap() {
-                        let service =
-                            rs["resource"]["attributes"][0]["value"]["stringValue"].clone();
-                        for ss in rs["scopeSpans"].as_array().unwrap() {
-                            for span in ss["spans"].as_array().unwrap() {
-                                let mut span = span.clone();
-                                span["service"] = service.clone();
-                                kept.lock().unwrap().push(span);
-                            }
-                        }
-                    }
+                    kept.lock()
+                        .unwrap()
+                        .extend(edgelink_core::testing::otlp_spans(&v));
                     let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
                 }
             });
@@ -969,27 +950,9 @@ fn collector() -> (
 fn a_creation_is_traced_from_edge_through_origin_to_postgres() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(TestDb::create());
-    let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
-    assert!(out.status.success(), "{out:?}");
     let (otlp, spans) = collector();
     let otlp = format!("http://{otlp}");
-    let admin_token = "cli-admin-token-0123456789";
-    let keypool_admin = free_addr();
-    let keypool = Server {
-        child: edgelink()
-            .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
-            .arg(keypool_admin.to_string())
-            .env("EDGELINK_ADMIN_TOKEN", admin_token)
-            .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "100")
-            .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "1000")
-            .env("EDGELINK_KEYPOOL_BATCH_SIZE", "1000")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-        addr: keypool_admin,
-        admin: keypool_admin,
-    };
-    wait_for_free(keypool_admin, admin_token, 1000);
+    let keypool = migrated_with_keypool(&db, 1000);
     let api_key = format!("el_{}", "t".repeat(40));
     let origin = Server::start(
         edgelink()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgelink_core::store::postgres::PgStore;
-use edgelink_core::testing::fault::{Fault, FaultProxy};
+use edgelink_core::testing::fault::Fault;
 use edgelink_core::{LinkStore, Stores};
 use http::Method;
 use support::*;
@@ -162,13 +162,8 @@ async fn a_postgres_outage_while_counting_loses_and_doubles_nothing() {
     config.postgres.timeout_ms = 300;
     config.postgres.connect_timeout_ms = 300;
     let direct = pg_stores(&db, &mut config).await;
-    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap())
-        .await
-        .unwrap();
-    config.postgres.url = Some(
-        db.url
-            .replacen("127.0.0.1:5432", &proxy.addr().to_string(), 1),
-    );
+    let (proxy, through) = db.behind_fault_proxy().await;
+    config.postgres.url = Some(through);
     let stores = Stores {
         source: Arc::new(PgStore::connect(&config.postgres).await.unwrap()),
         cache: None,

@@ -254,12 +254,7 @@ async fn pg_through(db: &TestDb, config: &mut edgelink_core::Config) -> (Stores,
     // Migrated directly, then used through the proxy.
     let direct = distributed_stores(db, config, false).await;
     seed(&direct, 20_000).await;
-    let pg_addr: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    let proxy = FaultProxy::start(pg_addr).await.unwrap();
-    let url = db
-        .url
-        .replacen("127.0.0.1:5432", &proxy.addr().to_string(), 1);
-    assert_ne!(url, db.url, "the test database URL names 127.0.0.1:5432");
+    let (proxy, url) = db.behind_fault_proxy().await;
     config.postgres.url = Some(url);
     let pg = PgStore::connect(&config.postgres).await.unwrap();
     let stores = Stores {

@@ -37,16 +37,9 @@ impl Collector {
                 assert_eq!(req.headers()["content-type"], "application/json");
                 let body = net::read_body(req.into_body(), 16 << 20).await.unwrap();
                 let v: Value = serde_json::from_slice(&body).unwrap();
-                for rs in v["resourceSpans"].as_array().unwrap() {
-                    let service = rs["resource"]["attributes"][0]["value"]["stringValue"].clone();
-                    for ss in rs["scopeSpans"].as_array().unwrap() {
-                        for span in ss["spans"].as_array().unwrap() {
-                            let mut span = span.clone();
-                            span["service"] = service.clone();
-                            kept.lock().unwrap().push(span);
-                        }
-                    }
-                }
+                kept.lock()
+                    .unwrap()
+                    .extend(edgelink_core::testing::otlp_spans(&v));
                 Response::builder()
                     .status(StatusCode::OK)
                     .body(net::Body::default())

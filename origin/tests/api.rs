@@ -799,20 +799,12 @@ async fn an_orphaned_idempotency_binding_is_completed_by_a_retry() {
 /// within 5 s of it ending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_blackholed_fails_creations_fast_and_loses_nothing() {
-    use edgelink_core::testing::fault::{Fault, FaultProxy};
+    use edgelink_core::testing::fault::Fault;
     use std::time::{Duration, Instant};
 
     let mut env = env().await;
     fill(&env, 1_000).await;
-    let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap())
-        .await
-        .unwrap();
-    let direct = env.config.postgres.url.clone().unwrap();
-    let through = direct.replacen("127.0.0.1:5432", &proxy.addr().to_string(), 1);
-    assert_ne!(
-        through, direct,
-        "the test database URL names 127.0.0.1:5432"
-    );
+    let (proxy, through) = env._db.behind_fault_proxy().await;
     env.config.postgres.url = Some(through);
     env.config.postgres.timeout_ms = 500;
     env.config.postgres.connect_timeout_ms = 300;

@@ -24,6 +24,23 @@ pub fn redis_url() -> String {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
+/// The spans of an OTLP/HTTP JSON export body, each with its resource's
+/// `service.name` added as `"service"` (what a collector stand-in keeps).
+pub fn otlp_spans(body: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+        let service = rs["resource"]["attributes"][0]["value"]["stringValue"].clone();
+        for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+            for span in ss["spans"].as_array().into_iter().flatten() {
+                let mut span = span.clone();
+                span["service"] = service.clone();
+                out.push(span);
+            }
+        }
+    }
+    out
+}
+
 /// A name no other test (in this or another process) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -73,6 +90,28 @@ impl TestDb {
             None => panic!("EDGELINK_TEST_POSTGRES_URL must name a database"),
         };
         TestDb { name, url }
+    }
+
+    /// A [`fault::FaultProxy`] in front of this database's server, and
+    /// this database's URL through it.
+    pub async fn behind_fault_proxy(&self) -> (fault::FaultProxy, String) {
+        let mut url = url::Url::parse(&self.url).unwrap_or_else(|e| panic!("{}: {e}", self.url));
+        let server = format!(
+            "{}:{}",
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(5432)
+        );
+        let addr = tokio::net::lookup_host(&server)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("cannot resolve {server}"));
+        let proxy = fault::FaultProxy::start(addr)
+            .await
+            .unwrap_or_else(|e| panic!("fault proxy: {e}"));
+        let _ = url.set_host(Some("127.0.0.1"));
+        let _ = url.set_port(Some(proxy.addr().port()));
+        (proxy, url.to_string())
     }
 
     /// A plain client on this database.
