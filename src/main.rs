@@ -85,6 +85,11 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// The autoscaler (so far: its simulator).
+    Autoscale {
+        #[command(subcommand)]
+        action: AutoscaleAction,
+    },
     /// Load links from a CSV file: code,url[,status[,expires_at]] (header optional).
     Import {
         /// The CSV file; `-` reads standard input.
@@ -96,6 +101,45 @@ enum Command {
         common: Common,
         #[command(flatten)]
         store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AutoscaleAction {
+    /// Replay a per-second request-rate trace through scaling policies and
+    /// report cost (replica-hours) and SLO violations.
+    Simulate {
+        /// Trace file: one integer per second, whitespace-separated (gzip if .gz).
+        #[arg(long, value_name = "FILE")]
+        trace: PathBuf,
+        /// hpa, scheduled, hpa+spike, hpa+forecast, layered, static-peak, oracle, or all.
+        #[arg(long, default_value = "all")]
+        policy: String,
+        /// Requests/s of the trace's busiest minute after scaling.
+        #[arg(long, default_value_t = 200_000.0)]
+        scale: f64,
+        /// Requests/s one edge replica serves.
+        #[arg(long, default_value_t = 10_000.0)]
+        node_capacity: f64,
+        /// Seconds from asking for a replica until it serves.
+        #[arg(long, default_value_t = 120)]
+        startup_seconds: u64,
+        /// Days at the start that policies learn from but are not scored on.
+        #[arg(long, default_value_t = 14)]
+        train_days: u64,
+        /// The trace's local time zone, hours east of UTC (NASA 1995: -4).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        utc_offset_hours: i64,
+        /// Local peak hours for the scheduled thresholds, FROM-TO.
+        #[arg(long, default_value = "9-18")]
+        peak_hours: String,
+        #[arg(long, default_value_t = 1)]
+        min_replicas: u32,
+        #[arg(long, default_value_t = 1000)]
+        max_replicas: u32,
+        /// One JSON object per policy instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -323,6 +367,93 @@ fn checked(check: bool) -> Option<ExitCode> {
 
 fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     match command {
+        Command::Autoscale {
+            action:
+                AutoscaleAction::Simulate {
+                    trace,
+                    policy,
+                    scale,
+                    node_capacity,
+                    startup_seconds,
+                    train_days,
+                    utc_offset_hours,
+                    peak_hours,
+                    min_replicas,
+                    max_replicas,
+                    json,
+                },
+        } => {
+            use edgelink_autoscaler::{policies, sim, NAMES};
+            let bad = |m: String| Failure::Config(ConfigError::Invalid(m));
+            let peak = peak_hours
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                .filter(|(a, b)| *a < 24 && *b <= 24)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "--peak-hours {peak_hours:?}: want FROM-TO, e.g. 9-18"
+                    ))
+                })?;
+            if !(scale > 0.0 && node_capacity > 0.0) || min_replicas > max_replicas {
+                return Err(bad(
+                    "--scale and --node-capacity must be > 0, --min-replicas <= --max-replicas"
+                        .into(),
+                ));
+            }
+            let trace = sim::Trace::load(&trace, scale)
+                .map_err(|e| Failure::Run(anyhow::anyhow!("{}: {e}", trace.display())))?;
+            let model = sim::Model {
+                capacity: node_capacity,
+                startup_secs: startup_seconds,
+                scrape_secs: 15,
+                train_secs: train_days * 86_400,
+                min: min_replicas,
+                max: max_replicas,
+                utc_offset: utc_offset_hours * 3_600,
+            };
+            let names: Vec<&str> = match policy.as_str() {
+                "all" => std::iter::once("static-peak")
+                    .chain(NAMES)
+                    .chain(std::iter::once("oracle"))
+                    .collect(),
+                one => vec![one],
+            };
+            let mut reports = Vec::new();
+            for name in names {
+                reports.push(match name {
+                    "static-peak" => sim::static_peak(&trace, &model),
+                    "oracle" => sim::oracle(&trace, &model),
+                    _ => {
+                        let mut p = policies(name, &model, peak)
+                            .ok_or_else(|| bad(format!("--policy {name:?}: unknown")))?;
+                        sim::simulate(&trace, &model, name, p.as_mut())
+                    }
+                });
+            }
+            if json {
+                for r in &reports {
+                    println!(
+                        "{}",
+                        serde_json::to_string(r).map_err(|e| Failure::Run(e.into()))?
+                    );
+                }
+            } else {
+                println!("| policy | replica-hours | SLO-violation minutes | unserved | actions | reversals |");
+                println!("|---|---|---|---|---|---|");
+                for r in &reports {
+                    println!(
+                        "| {} | {:.0} | {} | {:.4}% | {} | {} |",
+                        r.policy,
+                        r.replica_hours,
+                        r.violation_minutes,
+                        r.unserved_fraction * 100.0,
+                        r.actions,
+                        r.reversals
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve {
             common,
             listen,

@@ -1028,3 +1028,90 @@ fn a_creation_is_traced_from_edge_through_origin_to_postgres() {
     }
     drop(db);
 }
+
+/// Issue 7 (the simulator): `autoscale simulate --json` prints one object
+/// per policy with the fields scripts read; the references never violate
+/// and a reactive policy pays for a step with a few violation minutes.
+#[test]
+fn autoscale_simulate_reports_every_policy_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two days: 100 requests/s, with an hour at 400 each afternoon.
+    let secs: Vec<String> = (0..2 * 86_400)
+        .map(|s| {
+            if (50_400..54_000).contains(&(s % 86_400)) {
+                "400"
+            } else {
+                "100"
+            }
+            .to_owned()
+        })
+        .collect();
+    let trace = dir.path().join("trace.txt");
+    std::fs::write(&trace, secs.join(" ")).unwrap();
+    let out = run(edgelink()
+        .args([
+            "autoscale",
+            "simulate",
+            "--json",
+            "--train-days",
+            "1",
+            "--scale",
+            "40000",
+        ])
+        .arg("--trace")
+        .arg(&trace));
+    assert!(out.status.success(), "{out:?}");
+    let reports: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = reports
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "static-peak",
+            "hpa",
+            "scheduled",
+            "hpa+spike",
+            "hpa+forecast",
+            "layered",
+            "oracle"
+        ]
+    );
+    for r in &reports {
+        for field in [
+            "replica_hours",
+            "violation_minutes",
+            "unserved_fraction",
+            "actions",
+            "reversals",
+        ] {
+            assert!(r[field].is_number(), "{r}");
+        }
+    }
+    let by = |n: &str| reports.iter().find(|r| r["policy"] == n).unwrap();
+    assert_eq!(by("static-peak")["violation_minutes"], 0);
+    assert_eq!(by("oracle")["violation_minutes"], 0);
+    assert!(
+        by("hpa")["violation_minutes"].as_u64().unwrap() > 0,
+        "the step costs a reactive policy"
+    );
+    assert!(
+        by("hpa+forecast")["violation_minutes"].as_u64().unwrap()
+            < by("hpa")["violation_minutes"].as_u64().unwrap(),
+        "a day of history sees the afternoon coming: {reports:?}"
+    );
+    assert!(
+        by("oracle")["replica_hours"].as_f64().unwrap()
+            < by("static-peak")["replica_hours"].as_f64().unwrap()
+    );
+    let bad = run(edgelink()
+        .args(["autoscale", "simulate", "--policy", "nope"])
+        .arg("--trace")
+        .arg(&trace));
+    assert_eq!(bad.status.code(), Some(64));
+}

@@ -1,0 +1,68 @@
+//! EdgeLink autoscaler: how many edge replicas to run.
+//!
+//! # Layout
+//!
+//! - [`policy`]: the scaling policies, each a pure function of its state
+//!   and the signals of one evaluation: the Kubernetes HPA rule (the
+//!   baseline), time-aware thresholds, spike detection, a seasonal
+//!   forecast, and the layered policy that takes the highest proposal.
+//! - [`sim`]: the discrete-time fleet that replays a request-rate trace
+//!   through a policy (`edgelink autoscale simulate`), and the references:
+//!   static peak provisioning and the oracle.
+//! - this file: [`policies`], the named policies the simulator runs.
+//!
+//! Not here yet (issue 7): the live sidecar (scraping edges, actuators,
+//! lease, write-ahead log) and the `augurs` forecast model.
+
+pub mod policy;
+pub mod sim;
+
+use policy::{Forecast, Hpa, Layered, Policy, Scheduled, Spike};
+use sim::Model;
+
+/// HPA-style target utilisation of the reactive layers.
+pub const TARGET: f64 = 0.7;
+
+/// The policy names the simulator knows, in report order (the references
+/// `static-peak` and `oracle` come with `all`).
+pub const NAMES: [&str; 5] = ["hpa", "scheduled", "hpa+spike", "hpa+forecast", "layered"];
+
+/// A fresh policy by name, for `model` (local peak hours `peak_hours`).
+pub fn policies(
+    name: &str,
+    model: &Model,
+    peak_hours: (u32, u32),
+) -> Option<Box<dyn Policy + Send>> {
+    let (min, max) = (model.min, model.max);
+    let horizon = 900 + model.startup_secs;
+    Some(match name {
+        "hpa" => Box::new(Hpa::new(TARGET, min, max)),
+        "scheduled" => Box::new(Scheduled::new(peak_hours, min, max)),
+        "hpa+spike" => Box::new(Layered {
+            layers: vec![
+                Box::new(Hpa::new(TARGET, min, max)),
+                Box::new(Spike::new(TARGET)),
+            ],
+            min,
+            max,
+        }),
+        "hpa+forecast" => Box::new(Layered {
+            layers: vec![
+                Box::new(Hpa::new(TARGET, min, max)),
+                Box::new(Forecast::new(horizon, TARGET)),
+            ],
+            min,
+            max,
+        }),
+        "layered" => Box::new(Layered {
+            layers: vec![
+                Box::new(Scheduled::new(peak_hours, min, max)),
+                Box::new(Spike::new(TARGET)),
+                Box::new(Forecast::new(horizon, TARGET)),
+            ],
+            min,
+            max,
+        }),
+        _ => return None,
+    })
+}

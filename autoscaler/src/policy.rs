@@ -1,0 +1,648 @@
+//! Scaling policies: each a pure function of its own state and the signals
+//! of one evaluation (no I/O, no clock), so the simulator and the live
+//! autoscaler run the same code and tests need no fleet.
+//!
+//! - [`Hpa`]: the Kubernetes HorizontalPodAutoscaler's rule, exactly, as
+//!   the baseline.
+//! - [`Scheduled`]: time-aware thresholds (peak and off-peak hours with
+//!   their own scale-up and scale-down utilisation).
+//! - [`Spike`]: scales out at once when the smoothed rate rises more than
+//!   30% within 2 minutes and the rise stands well above Poisson noise.
+//! - [`Layered`]: the highest proposal of its layers; scale-in only through
+//!   its reactive layer and that layer's stabilisation window.
+//!
+//! Utilisation is load over ready capacity: `rate / (ready × capacity)`,
+//! where `rate` is what the edges served (it cannot exceed what is ready,
+//! which is why a purely reactive policy climbs out of an overload only as
+//! fast as its per-step limit lets it).
+
+use std::collections::VecDeque;
+
+/// What a policy sees at one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Signals {
+    /// Seconds since the start of the trace (or the Unix epoch, live).
+    pub now: u64,
+    /// Seconds east of UTC of the fleet's local time (for schedules).
+    pub utc_offset: i64,
+    /// Requests per second the fleet served over the last scrape interval.
+    pub rate: f64,
+    /// Replicas running (ready or starting): what the policy last asked for.
+    pub replicas: u32,
+    /// Replicas ready to serve.
+    pub ready: u32,
+    /// Requests per second one replica serves at 100% utilisation.
+    pub capacity: f64,
+}
+
+impl Signals {
+    /// Load over ready capacity (0 with nothing ready).
+    pub fn utilisation(&self) -> f64 {
+        if self.ready == 0 {
+            return if self.rate > 0.0 { 1.0 } else { 0.0 };
+        }
+        self.rate / (f64::from(self.ready) * self.capacity)
+    }
+}
+
+/// A policy's proposal and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    pub replicas: u32,
+    pub layer: &'static str,
+    pub reason: String,
+}
+
+/// A scaling policy. `None`: it abstains this time.
+pub trait Policy {
+    fn name(&self) -> &'static str;
+    fn propose(&mut self, s: &Signals) -> Option<Proposal>;
+}
+
+/// The HPA's replica rule and its behaviour defaults
+/// (<https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/>):
+/// `desired = ceil(current × metric / target)`, no change within a 0.1
+/// tolerance of the ratio; scale-up at most `max(100%, 4 pods)` per 15 s;
+/// scale-down to the highest recommendation of the last 300 s.
+#[derive(Debug, Clone)]
+pub struct Hpa {
+    /// Target utilisation, 0..1.
+    pub target: f64,
+    pub tolerance: f64,
+    pub stabilisation_secs: u64,
+    pub min: u32,
+    pub max: u32,
+    /// (time, recommendation) over the stabilisation window.
+    history: VecDeque<(u64, u32)>,
+    /// Start of the current scale-up period and the replicas at its start.
+    period: Option<(u64, u32)>,
+}
+
+impl Hpa {
+    pub fn new(target: f64, min: u32, max: u32) -> Hpa {
+        Hpa {
+            target,
+            tolerance: 0.1,
+            stabilisation_secs: 300,
+            min,
+            max,
+            history: VecDeque::new(),
+            period: None,
+        }
+    }
+
+    /// The raw recommendation for `utilisation` (the HPA's formula, with
+    /// its tolerance), before limits and stabilisation.
+    pub fn recommend(&self, current: u32, utilisation: f64) -> u32 {
+        let ratio = utilisation / self.target;
+        if (ratio - 1.0).abs() <= self.tolerance {
+            return current;
+        }
+        (f64::from(current) * ratio).ceil() as u32
+    }
+
+    /// Applies the HPA's limits and stabilisation to `recommended` at `now`
+    /// with `current` replicas.
+    pub fn behave(&mut self, now: u64, current: u32, recommended: u32) -> u32 {
+        self.history.push_back((now, recommended));
+        while self
+            .history
+            .front()
+            .is_some_and(|(t, _)| now.saturating_sub(*t) > self.stabilisation_secs)
+        {
+            self.history.pop_front();
+        }
+        let mut desired = recommended;
+        if desired < current {
+            // Scale down only to the highest recommendation of the window.
+            let highest = self
+                .history
+                .iter()
+                .map(|(_, r)| *r)
+                .max()
+                .unwrap_or(desired);
+            desired = highest.min(current);
+        } else if desired > current {
+            // At most max(100%, 4 pods) more per 15 s period.
+            let (start, base) = match self.period {
+                Some((t, base)) if now.saturating_sub(t) < 15 => (t, base),
+                _ => (now, current),
+            };
+            self.period = Some((start, base));
+            let limit = base.saturating_mul(2).max(base.saturating_add(4));
+            desired = desired.min(limit);
+        }
+        desired.clamp(self.min, self.max)
+    }
+}
+
+impl Policy for Hpa {
+    fn name(&self) -> &'static str {
+        "hpa"
+    }
+
+    fn propose(&mut self, s: &Signals) -> Option<Proposal> {
+        let current = s.replicas.max(1);
+        let util = s.utilisation();
+        let recommended = self.recommend(current, util);
+        let replicas = self.behave(s.now, current, recommended);
+        Some(Proposal {
+            replicas,
+            layer: "hpa",
+            reason: format!(
+                "utilisation {:.0}% against a {:.0}% target",
+                util * 100.0,
+                self.target * 100.0
+            ),
+        })
+    }
+}
+
+/// Peak and off-peak thresholds by local hour: above `up` the fleet is
+/// sized to `up`'s midpoint with `down`; below `down` it may shrink (through
+/// the HPA's stabilisation); between, it holds.
+#[derive(Debug, Clone)]
+pub struct Thresholds {
+    pub up: f64,
+    pub down: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// Local hours `[from, to)` that are peak.
+    pub peak_hours: (u32, u32),
+    pub peak: Thresholds,
+    pub off_peak: Thresholds,
+    /// Rate limits and stabilisation are the HPA's.
+    pub hpa: Hpa,
+}
+
+impl Scheduled {
+    pub fn new(peak_hours: (u32, u32), min: u32, max: u32) -> Scheduled {
+        Scheduled {
+            peak_hours,
+            peak: Thresholds {
+                up: 0.85,
+                down: 0.60,
+            },
+            off_peak: Thresholds {
+                up: 0.60,
+                down: 0.40,
+            },
+            hpa: Hpa::new(0.7, min, max),
+        }
+    }
+
+    fn thresholds(&self, s: &Signals) -> (&Thresholds, bool) {
+        let local = (s.now as i64 + s.utc_offset).rem_euclid(86_400);
+        let hour = (local / 3_600) as u32;
+        let (from, to) = self.peak_hours;
+        let peak = if from <= to {
+            (from..to).contains(&hour)
+        } else {
+            hour >= from || hour < to
+        };
+        if peak {
+            (&self.peak, true)
+        } else {
+            (&self.off_peak, false)
+        }
+    }
+}
+
+impl Policy for Scheduled {
+    fn name(&self) -> &'static str {
+        "scheduled"
+    }
+
+    fn propose(&mut self, s: &Signals) -> Option<Proposal> {
+        let current = s.replicas.max(1);
+        let util = s.utilisation();
+        let (t, peak) = self.thresholds(s);
+        let (up, down) = (t.up, t.down);
+        // Size for the middle of the band when outside it.
+        let aim = (up + down) / 2.0;
+        let recommended = if util > up || util < down {
+            (f64::from(current) * util / aim).ceil().max(1.0) as u32
+        } else {
+            current
+        };
+        let replicas = self.hpa.behave(s.now, current, recommended);
+        Some(Proposal {
+            replicas,
+            layer: "scheduled",
+            reason: format!(
+                "utilisation {:.0}%, {} band {:.0}%..{:.0}%",
+                util * 100.0,
+                if peak { "peak" } else { "off-peak" },
+                down * 100.0,
+                up * 100.0
+            ),
+        })
+    }
+}
+
+/// Scales out at once on a sharp rise of the smoothed rate.
+///
+/// The rate is smoothed with an exponential moving average (time constant
+/// `smoothing_secs`). A spike is a rise of more than `rise` (30%) over the
+/// lowest smoothed rate of the last `window_secs` (120 s) that also stands
+/// `noise_sigmas` standard deviations above Poisson noise: a rate r
+/// averaged over T seconds varies by about sqrt(r / T), so at low rates a
+/// 30% wobble is not a spike. The proposal is the capacity for the current
+/// rate grown by the rise once more (the rise is assumed to go on for as
+/// long again), at `target` utilisation.
+#[derive(Debug, Clone)]
+pub struct Spike {
+    pub rise: f64,
+    pub window_secs: u64,
+    pub smoothing_secs: f64,
+    pub noise_sigmas: f64,
+    pub target: f64,
+    smoothed: Option<(u64, f64)>,
+    recent: VecDeque<(u64, f64)>,
+}
+
+impl Spike {
+    pub fn new(target: f64) -> Spike {
+        Spike {
+            rise: 0.30,
+            window_secs: 120,
+            smoothing_secs: 30.0,
+            noise_sigmas: 4.0,
+            target,
+            smoothed: None,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Feeds one observation; returns (rise as a fraction, smoothed rate)
+    /// when it is a spike.
+    pub fn observe(&mut self, now: u64, rate: f64) -> Option<(f64, f64)> {
+        let smoothed = match self.smoothed {
+            None => rate,
+            Some((t, prev)) => {
+                let dt = now.saturating_sub(t) as f64;
+                let alpha = 1.0 - (-dt / self.smoothing_secs).exp();
+                prev + alpha * (rate - prev)
+            }
+        };
+        self.smoothed = Some((now, smoothed));
+        self.recent.push_back((now, smoothed));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.saturating_sub(*t) > self.window_secs)
+        {
+            self.recent.pop_front();
+        }
+        let low = self
+            .recent
+            .iter()
+            .map(|(_, r)| *r)
+            .fold(f64::INFINITY, f64::min);
+        if !low.is_finite() {
+            return None;
+        }
+        let rise = smoothed - low;
+        let noise = (low.max(1.0) / self.smoothing_secs).sqrt();
+        let relative = if low > 0.0 { rise / low } else { f64::INFINITY };
+        (relative > self.rise && rise > self.noise_sigmas * noise).then_some((relative, smoothed))
+    }
+}
+
+impl Policy for Spike {
+    fn name(&self) -> &'static str {
+        "spike"
+    }
+
+    fn propose(&mut self, s: &Signals) -> Option<Proposal> {
+        let (rise, smoothed) = self.observe(s.now, s.rate)?;
+        // While the fleet is saturated the served rate understates demand;
+        // the rise is applied to the larger of the two readings.
+        let rate = s.rate.max(smoothed) * (1.0 + rise.min(4.0));
+        let replicas = (rate / (s.capacity * self.target)).ceil() as u32;
+        (replicas > s.replicas).then(|| Proposal {
+            replicas,
+            layer: "spike",
+            reason: format!("rate up {:.0}% within {} s", rise * 100.0, self.window_secs),
+        })
+    }
+}
+
+/// The fleet rate forecast `horizon_secs` ahead from daily and weekly
+/// seasonality: a seasonal-naive model (the same minute one season ago,
+/// scaled by how the last hour compares with the same hour then), weekly
+/// once a week of history is there, else daily. It abstains with less than
+/// a day of history. (Not yet the MSTL + ETS model of the `augurs` crates
+/// the design asks for: see the issue note.)
+#[derive(Debug, Clone)]
+pub struct Forecast {
+    pub horizon_secs: u64,
+    pub target: f64,
+    /// Mean served rate per minute since the start.
+    minutes: Vec<f64>,
+    current: (u64, f64, u32),
+}
+
+const DAY_MINUTES: usize = 1_440;
+
+impl Forecast {
+    pub fn new(horizon_secs: u64, target: f64) -> Forecast {
+        Forecast {
+            horizon_secs,
+            target,
+            minutes: Vec::new(),
+            current: (0, 0.0, 0),
+        }
+    }
+
+    fn record(&mut self, now: u64, rate: f64) {
+        let minute = now / 60;
+        let (m, sum, n) = self.current;
+        if minute != m && n > 0 {
+            let mean = sum / f64::from(n);
+            while (self.minutes.len() as u64) < m {
+                // Minutes without a scrape repeat the last mean.
+                let last = self.minutes.last().copied().unwrap_or(mean);
+                self.minutes.push(last);
+            }
+            self.minutes.push(mean);
+            self.current = (minute, 0.0, 0);
+        }
+        if self.current.2 == 0 {
+            self.current.0 = minute;
+        }
+        self.current.1 += rate;
+        self.current.2 += 1;
+    }
+
+    /// The highest rate forecast over the next `horizon_secs`, or `None`
+    /// with less than a day of history.
+    pub fn forecast(&self) -> Option<f64> {
+        let n = self.minutes.len();
+        if n < DAY_MINUTES + 60 {
+            return None;
+        }
+        let season = if n >= 7 * DAY_MINUTES + 60 {
+            7 * DAY_MINUTES
+        } else {
+            DAY_MINUTES
+        };
+        let mean = |from: usize, to: usize| {
+            let xs = &self.minutes[from..to];
+            xs.iter().sum::<f64>() / xs.len().max(1) as f64
+        };
+        let recent = mean(n - 60, n);
+        let then = mean(n - 60 - season, n - season);
+        let level = if then > 0.0 {
+            (recent / then).clamp(0.5, 2.0)
+        } else {
+            1.0
+        };
+        let ahead = (self.horizon_secs / 60).max(1) as usize;
+        (0..ahead)
+            .filter_map(|k| self.minutes.get(n + k - season))
+            .map(|past| past * level)
+            .reduce(f64::max)
+    }
+}
+
+impl Policy for Forecast {
+    fn name(&self) -> &'static str {
+        "forecast"
+    }
+
+    fn propose(&mut self, s: &Signals) -> Option<Proposal> {
+        self.record(s.now, s.rate);
+        let rate = self.forecast()?;
+        Some(Proposal {
+            replicas: (rate / (s.capacity * self.target)).ceil() as u32,
+            layer: "forecast",
+            reason: format!(
+                "{rate:.0} requests/s forecast within {} s",
+                self.horizon_secs
+            ),
+        })
+    }
+}
+
+/// The highest proposal of its layers. Scale-in comes only from the
+/// reactive layer (the first), whose stabilisation window it already
+/// passed: a forecast or spike layer can hold capacity up, never take it
+/// down.
+pub struct Layered {
+    pub layers: Vec<Box<dyn Policy + Send>>,
+    pub min: u32,
+    pub max: u32,
+}
+
+impl std::fmt::Debug for Layered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.layers.iter().map(|l| l.name()).collect();
+        f.debug_struct("Layered").field("layers", &names).finish()
+    }
+}
+
+impl Policy for Layered {
+    fn name(&self) -> &'static str {
+        "layered"
+    }
+
+    fn propose(&mut self, s: &Signals) -> Option<Proposal> {
+        let mut best: Option<Proposal> = None;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let Some(p) = layer.propose(s) else { continue };
+            // Only the reactive layer may go below the current count.
+            let p = if i > 0 && p.replicas < s.replicas {
+                continue;
+            } else {
+                p
+            };
+            if best.as_ref().is_none_or(|b| p.replicas > b.replicas) {
+                best = Some(p);
+            }
+        }
+        best.map(|mut p| {
+            p.replicas = p.replicas.clamp(self.min, self.max);
+            p
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signals(now: u64, rate: f64, replicas: u32) -> Signals {
+        Signals {
+            now,
+            utc_offset: 0,
+            rate,
+            replicas,
+            ready: replicas,
+            capacity: 100.0,
+        }
+    }
+
+    #[test]
+    fn hpa_formula_and_tolerance() {
+        let hpa = Hpa::new(0.5, 1, 100);
+        // The HPA docs' example: 200m used against a 100m target doubles.
+        assert_eq!(hpa.recommend(1, 1.0), 2);
+        assert_eq!(
+            hpa.recommend(10, 0.54),
+            10,
+            "within 0.1 of the target ratio"
+        );
+        assert_eq!(hpa.recommend(10, 0.56), 12, "ratio 1.12: ceil(11.2)");
+        assert_eq!(hpa.recommend(10, 0.25), 5);
+        assert_eq!(hpa.recommend(3, 0.51), 3);
+    }
+
+    #[test]
+    fn hpa_scale_up_is_limited_to_max_of_double_or_four_per_15s() {
+        let mut hpa = Hpa::new(0.5, 1, 1_000);
+        assert_eq!(hpa.behave(0, 2, 100), 6, "2 + 4 beats 2 x 2");
+        assert_eq!(hpa.behave(15, 6, 100), 12, "then doubling");
+        assert_eq!(hpa.behave(30, 12, 100), 24);
+        // Within one 15 s period the limit counts from the period's start.
+        let mut hpa = Hpa::new(0.5, 1, 1_000);
+        assert_eq!(hpa.behave(0, 10, 100), 20);
+        assert_eq!(hpa.behave(5, 20, 100), 20, "same period: still 2 x 10");
+    }
+
+    #[test]
+    fn hpa_scale_down_waits_out_the_stabilisation_window() {
+        let mut hpa = Hpa::new(0.5, 1, 100);
+        assert_eq!(hpa.behave(0, 10, 10), 10);
+        assert_eq!(hpa.behave(60, 10, 4), 10, "the window still holds 10");
+        assert_eq!(hpa.behave(299, 10, 4), 10);
+        assert_eq!(hpa.behave(301, 10, 4), 4, "10 has left the window");
+        // The highest recommendation of the window wins, not the last.
+        let mut hpa = Hpa::new(0.5, 1, 100);
+        hpa.behave(0, 10, 8);
+        hpa.behave(100, 10, 3);
+        assert_eq!(hpa.behave(200, 10, 2), 8);
+        assert_eq!(hpa.behave(301, 10, 2), 3);
+    }
+
+    #[test]
+    fn hpa_respects_min_and_max() {
+        let mut hpa = Hpa::new(0.5, 2, 5);
+        assert_eq!(hpa.behave(0, 5, 50), 5);
+        assert_eq!(hpa.behave(1_000, 5, 0), 2);
+    }
+
+    #[test]
+    fn spike_fires_on_a_real_rise_and_not_on_noise() {
+        // 40% in 2 minutes at 10,000 requests/s: a spike.
+        let mut spike = Spike::new(0.7);
+        let mut fired = None;
+        for t in (0..=600u64).step_by(15) {
+            // Flat, then up 40% over two minutes from t = 300.
+            let ramp = (t.saturating_sub(300) as f64 / 120.0).min(1.0);
+            let rate = 10_000.0 * (1.0 + 0.4 * ramp);
+            if let Some(p) = spike.propose(&signals(t, rate, 143)) {
+                fired.get_or_insert((t, p));
+            }
+        }
+        let (t, p) = fired.expect("a 40% rise fires");
+        assert!(
+            (300..=450).contains(&t),
+            "fired at {t}: by 30 s after the rise is complete"
+        );
+        assert!(p.replicas > 143, "{p:?}");
+
+        // Poisson noise at 2 requests/s: ±sqrt(2 * 15) per 15 s count, far
+        // more than 30% of the rate, and never a spike.
+        let mut spike = Spike::new(0.7);
+        let mut state = 12_345u64;
+        for t in (0..86_400u64).step_by(15) {
+            // A Poisson(30) count per 15 s by summing Bernoulli draws.
+            let mut count = 0;
+            for _ in 0..300 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if state % 10 == 0 {
+                    count += 1;
+                }
+            }
+            let rate = f64::from(count) / 15.0;
+            assert!(
+                spike.propose(&signals(t, rate, 1)).is_none(),
+                "fired on noise at {t}: {rate}"
+            );
+        }
+    }
+
+    #[test]
+    fn scheduled_thresholds_follow_the_local_hour() {
+        let mut s = Scheduled::new((9, 18), 1, 100);
+        // 70% at 10:00 local (UTC-4: 14:00 UTC) is inside the peak band.
+        let mut sig = signals(14 * 3_600, 7_000.0, 100);
+        sig.utc_offset = -4 * 3_600;
+        assert_eq!(s.propose(&sig).unwrap().replicas, 100);
+        // The same 70% at 22:00 local is above the off-peak band's 60%.
+        let mut s = Scheduled::new((9, 18), 1, 200);
+        let mut sig = signals(26 * 3_600, 7_000.0, 100);
+        sig.utc_offset = -4 * 3_600;
+        assert_eq!(s.propose(&sig).unwrap().replicas, 140, "sized for 50%");
+    }
+
+    #[test]
+    fn forecast_abstains_without_history_and_follows_the_season() {
+        let mut f = Forecast::new(900, 0.5);
+        // Half a day: abstains.
+        for t in (0..43_200).step_by(15) {
+            assert!(f.propose(&signals(t, 100.0, 2)).is_none());
+        }
+        // Two days of a daily cycle: 100 requests/s, 1,000 from 12:00 to 13:00.
+        let mut f = Forecast::new(900, 0.5);
+        let rate = |t: u64| {
+            if (43_200..46_800).contains(&(t % 86_400)) {
+                1_000.0
+            } else {
+                100.0
+            }
+        };
+        let mut last = None;
+        for t in (0..86_400 + 42_600).step_by(15) {
+            last = f.propose(&signals(t, rate(t), 2));
+        }
+        // At 11:50 on day two the noon peak is within the 15-minute horizon.
+        let p = last.expect("a day of history");
+        assert_eq!(p.replicas, 20, "1,000 / (100 x 0.5): {p:?}");
+    }
+
+    #[test]
+    fn layered_takes_the_highest_and_scales_in_only_reactively() {
+        struct Fixed(u32);
+        impl Policy for Fixed {
+            fn name(&self) -> &'static str {
+                "fixed"
+            }
+            fn propose(&mut self, _: &Signals) -> Option<Proposal> {
+                Some(Proposal {
+                    replicas: self.0,
+                    layer: "fixed",
+                    reason: String::new(),
+                })
+            }
+        }
+        let mut l = Layered {
+            layers: vec![Box::new(Fixed(5)), Box::new(Fixed(8)), Box::new(Fixed(2))],
+            min: 1,
+            max: 7,
+        };
+        let p = l.propose(&signals(0, 0.0, 6)).unwrap();
+        assert_eq!(p.replicas, 7, "the highest, within max");
+        let mut l = Layered {
+            layers: vec![Box::new(Fixed(3)), Box::new(Fixed(2))],
+            min: 1,
+            max: 10,
+        };
+        assert_eq!(l.propose(&signals(0, 0.0, 6)).unwrap().replicas, 3);
+    }
+}
