@@ -112,7 +112,8 @@ enum AutoscaleAction {
         /// Trace file: one integer per second, whitespace-separated (gzip if .gz).
         #[arg(long, value_name = "FILE")]
         trace: PathBuf,
-        /// hpa, scheduled, hpa+spike, hpa+forecast, layered, static-peak, oracle, or all.
+        /// hpa, scheduled, hpa+spike, hpa+forecast, layered, layered+scheduled,
+        /// static-peak, oracle, or all.
         #[arg(long, default_value = "all")]
         policy: String,
         /// Requests/s of the trace's busiest minute after scaling.

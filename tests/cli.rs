@@ -1079,6 +1079,7 @@ fn autoscale_simulate_reports_every_policy_as_json() {
             "hpa+spike",
             "hpa+forecast",
             "layered",
+            "layered+scheduled",
             "oracle"
         ]
     );

@@ -7,7 +7,7 @@
 //! - [`Scheduled`]: time-aware thresholds (peak and off-peak hours with
 //!   their own scale-up and scale-down utilisation).
 //! - [`Spike`]: scales out at once when the smoothed rate rises more than
-//!   30% within 2 minutes and the rise stands well above Poisson noise.
+//!   30% within 2 minutes and the rise stands well above the rate's noise.
 //! - [`Layered`]: the highest proposal of its layers; scale-in only through
 //!   its reactive layer and that layer's stabilisation window.
 //!
@@ -247,9 +247,12 @@ impl Policy for Scheduled {
 /// The rate is smoothed with an exponential moving average (time constant
 /// `smoothing_secs`). A spike is a rise of more than `rise` (30%) over the
 /// lowest smoothed rate of the last `window_secs` (120 s) that also stands
-/// `noise_sigmas` standard deviations above Poisson noise: a rate r
-/// averaged over T seconds varies by about sqrt(r / T), so at low rates a
-/// 30% wobble is not a spike. The proposal is the capacity for the current
+/// `noise_sigmas` standard deviations above the rate's noise: the larger of
+/// Poisson noise (a rate r averaged over T seconds varies by about
+/// sqrt(r / T), so at low rates a 30% wobble is not a spike) and the
+/// spread the rate has shown around its smoothed value over the last ten
+/// minutes (a scaled-up small trace, or bursty traffic, is noisier than
+/// Poisson at its level). The proposal is the capacity for the current
 /// rate grown by the rise once more (the rise is assumed to go on for as
 /// long again), at `target` utilisation.
 #[derive(Debug, Clone)]
@@ -260,6 +263,9 @@ pub struct Spike {
     pub noise_sigmas: f64,
     pub target: f64,
     smoothed: Option<(u64, f64)>,
+    /// Running variance of the raw rate around the smoothed one (10-minute
+    /// time constant): the noise the rate really has.
+    variance: f64,
     recent: VecDeque<(u64, f64)>,
 }
 
@@ -272,6 +278,7 @@ impl Spike {
             noise_sigmas: 4.0,
             target,
             smoothed: None,
+            variance: 0.0,
             recent: VecDeque::new(),
         }
     }
@@ -284,6 +291,8 @@ impl Spike {
             Some((t, prev)) => {
                 let dt = now.saturating_sub(t) as f64;
                 let alpha = 1.0 - (-dt / self.smoothing_secs).exp();
+                let beta = 1.0 - (-dt / 600.0).exp();
+                self.variance += beta * ((rate - prev).powi(2) - self.variance);
                 prev + alpha * (rate - prev)
             }
         };
@@ -305,7 +314,10 @@ impl Spike {
             return None;
         }
         let rise = smoothed - low;
-        let noise = (low.max(1.0) / self.smoothing_secs).sqrt();
+        // The larger of Poisson noise at this rate and the noise measured.
+        let noise = (low.max(1.0) / self.smoothing_secs)
+            .sqrt()
+            .max(self.variance.sqrt());
         let relative = if low > 0.0 { rise / low } else { f64::INFINITY };
         (relative > self.rise && rise > self.noise_sigmas * noise).then_some((relative, smoothed))
     }

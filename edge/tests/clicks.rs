@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgelink_core::store::postgres::PgStore;
-use edgelink_core::testing::fault::Fault;
+use edgelink_core::testing::fault::{Fault, FaultProxy};
 use edgelink_core::{LinkStore, Stores};
 use http::Method;
 use support::*;
@@ -74,6 +74,25 @@ async fn pg_stores(db: &TestDb, config: &mut edgelink_core::Config) -> Stores {
     )
     .await;
     stores
+}
+
+/// An edge whose PostgreSQL is reached through a fault proxy (300 ms
+/// budgets), the store seen directly, and the proxy.
+async fn edge_behind_fault_proxy(
+    db: &TestDb,
+    mut config: edgelink_core::Config,
+) -> (TestEdge, Stores, FaultProxy) {
+    config.postgres.timeout_ms = 300;
+    config.postgres.connect_timeout_ms = 300;
+    let direct = pg_stores(db, &mut config).await;
+    let (proxy, through) = db.behind_fault_proxy().await;
+    config.postgres.url = Some(through);
+    let stores = Stores {
+        source: Arc::new(PgStore::connect(&config.postgres).await.unwrap()),
+        cache: None,
+        embedded: None,
+    };
+    (TestEdge::start(config, stores).await, direct, proxy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,18 +177,8 @@ async fn a_graceful_stop_writes_the_last_counts_and_they_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_while_counting_loses_and_doubles_nothing() {
     let db = TestDb::create().await;
-    let mut config = counting_config(100);
-    config.postgres.timeout_ms = 300;
-    config.postgres.connect_timeout_ms = 300;
-    let direct = pg_stores(&db, &mut config).await;
-    let (proxy, through) = db.behind_fault_proxy().await;
-    config.postgres.url = Some(through);
-    let stores = Stores {
-        source: Arc::new(PgStore::connect(&config.postgres).await.unwrap()),
-        cache: None,
-        embedded: None,
-    };
-    let edge = TestEdge::start(config, stores).await;
+    let config = counting_config(100);
+    let (edge, direct, proxy) = edge_behind_fault_proxy(&db, config).await;
     let before = click(&edge, "a", 20, 0).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -228,17 +237,7 @@ async fn pending_counts_are_bounded_and_what_is_dropped_is_counted() {
     let db = TestDb::create().await;
     let mut config = counting_config(100);
     config.analytics.max_pending = 2;
-    config.postgres.timeout_ms = 300;
-    config.postgres.connect_timeout_ms = 300;
-    let direct = pg_stores(&db, &mut config).await;
-    let (proxy, through) = db.behind_fault_proxy().await;
-    config.postgres.url = Some(through);
-    let stores = Stores {
-        source: Arc::new(PgStore::connect(&config.postgres).await.unwrap()),
-        cache: None,
-        embedded: None,
-    };
-    let edge = TestEdge::start(config, stores).await;
+    let (edge, direct, proxy) = edge_behind_fault_proxy(&db, config).await;
     for (n, code) in ["a", "b", "c"].into_iter().enumerate() {
         // Into tier 0 while PostgreSQL answers; written one flush each
         // (two pairs fit).
