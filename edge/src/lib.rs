@@ -459,6 +459,11 @@ async fn background(app: Arc<App>, prometheus: PrometheusHandle, shutdown: Cance
                 .set(now.1.saturating_sub(last.1) as f64 / secs);
         }
         last = now;
+        let proxy = app.live.load().proxy.clone();
+        let counts = proxy.map_or([0; 3], |p| p.breaker_counts());
+        for (gauge, count) in app.metrics.proxy.upstreams.iter().zip(counts) {
+            gauge.set(count as f64);
+        }
         app.resolver.sweep_index(n);
         let entries = app.resolver.cache_entries().await;
         app.metrics.cache_entries.set(entries as f64);

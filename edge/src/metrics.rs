@@ -29,6 +29,7 @@ pub const RELOAD_FAILURES_TOTAL: &str = "edgelink_config_reload_failures_total";
 pub const PROXY_REQUESTS_TOTAL: &str = "edgelink_proxy_requests_total";
 pub const PROXY_RETRIES_TOTAL: &str = "edgelink_proxy_retries_total";
 pub const PROXY_EJECTIONS_TOTAL: &str = "edgelink_proxy_ejections_total";
+pub const PROXY_UPSTREAMS: &str = "edgelink_proxy_upstreams";
 pub const PROXY_READMISSIONS_TOTAL: &str = "edgelink_proxy_readmissions_total";
 pub const PROXY_FAILURES_TOTAL: &str = "edgelink_proxy_failures_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "edgelink_access_log_dropped_total";
@@ -91,6 +92,8 @@ pub struct ProxyMetrics {
     pub ejections: Counter,
     /// Ejected hosts readmitted after a successful probe.
     pub readmitted: Counter,
+    /// Upstreams by breaker state: closed, open, half_open.
+    pub upstreams: [Gauge; 3],
     /// Answers the proxy made itself: 502, 503, 504.
     pub failed: [Counter; 3],
 }
@@ -246,6 +249,8 @@ impl EdgeMetrics {
                     retries: metrics::counter!(PROXY_RETRIES_TOTAL),
                     ejections: metrics::counter!(PROXY_EJECTIONS_TOTAL),
                     readmitted: metrics::counter!(PROXY_READMISSIONS_TOTAL),
+                    upstreams: ["closed", "open", "half_open"]
+                        .map(|s| metrics::gauge!(PROXY_UPSTREAMS, "state" => s)),
                     failed: ["502", "503", "504"]
                         .map(|s| metrics::counter!(PROXY_FAILURES_TOTAL, "status" => s)),
                 },
@@ -381,6 +386,10 @@ fn describe() {
     describe_counter!(
         WRITEBACKS_SKIPPED_TOTAL,
         "Tier-1 write-backs dropped because the bound on those in flight was reached."
+    );
+    describe_gauge!(
+        PROXY_UPSTREAMS,
+        "Proxy upstream hosts by breaker state: closed (in rotation), open (ejected), half_open (on probation)."
     );
     describe_counter!(
         PROXY_READMISSIONS_TOTAL,

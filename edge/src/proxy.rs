@@ -195,6 +195,24 @@ impl Proxy {
             .collect()
     }
 
+    /// Upstreams by breaker state: closed (in rotation), open (ejected),
+    /// half-open (on probation after an ejection).
+    pub fn breaker_counts(&self) -> [usize; 3] {
+        let now = self.now_ms();
+        let mut counts = [0; 3];
+        for u in self.upstreams.iter() {
+            let state = if u.ejected_until.load(Ordering::Relaxed) > now {
+                1
+            } else if u.probation.load(Ordering::Relaxed) {
+                2
+            } else {
+                0
+            };
+            counts[state] += 1;
+        }
+        counts
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

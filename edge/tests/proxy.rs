@@ -190,6 +190,14 @@ async fn a_failing_upstream_is_ejected_then_restored() {
         assert_eq!(r.status, StatusCode::CREATED);
     }
     assert_eq!(a.hits(), 6, "one probe, then ejected again");
+    let open = r#"edgelink_proxy_upstreams{state="open"}"#;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            edge.metric(open).await == 1.0
+        })
+        .await,
+        "the ejected host's breaker state is exported"
+    );
     assert_eq!(edge.metric("edgelink_proxy_ejections_total").await, 2.0);
 
     // It recovers; after its (1.4 s) ejection a probe succeeds and it is
@@ -202,6 +210,14 @@ async fn a_failing_upstream_is_ejected_then_restored() {
     }
     assert!(a.hits() > 7, "restored: {} hits", a.hits());
     assert_eq!(edge.metric("edgelink_proxy_readmissions_total").await, 1.0);
+    let closed = r#"edgelink_proxy_upstreams{state="closed"}"#;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            edge.metric(closed).await == 2.0
+        })
+        .await,
+        "both hosts back in rotation"
+    );
     edge.stop().await;
 }
 
