@@ -533,12 +533,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn corrupt_values_and_disabled_breakers_never_open() {
+    async fn corrupt_values_busy_rows_and_disabled_breakers_never_open() {
         let b = Breaker::new("test", &config(), BreakerMetrics::default());
         for _ in 0..10 {
             let _ = b
                 .call(async { Err::<(), _>(StoreError::corrupt("test", "bad")) })
                 .await;
+            let busy = StoreError::Busy {
+                backend: "test",
+                message: "held".into(),
+            };
+            let _ = b.call(async { Err::<(), _>(busy) }).await;
         }
         assert_eq!(b.state(), State::Closed);
         let off = Breaker::new(

@@ -18,6 +18,14 @@ pub enum StoreError {
         backend: &'static str,
         message: String,
     },
+    /// The backend answered, but what was asked for is held by another
+    /// transaction that has not finished: retry shortly. Not a failure of
+    /// the backend (breakers do not count it).
+    #[error("{backend}: {message}")]
+    Busy {
+        backend: &'static str,
+        message: String,
+    },
     /// The backend's circuit breaker is open: it failed repeatedly and is
     /// not being called until a probe finds it back ([`crate::breaker`]).
     #[error("{backend} is failing; its circuit breaker is open")]
@@ -52,6 +60,7 @@ impl StoreError {
             StoreError::Unavailable { .. } => "unavailable",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::CircuitOpen { .. } => "circuit_open",
+            StoreError::Busy { .. } => "busy",
         }
     }
 }

@@ -72,6 +72,19 @@ impl ApiError {
 
 impl From<edgelink_core::StoreError> for ApiError {
     fn from(e: edgelink_core::StoreError) -> ApiError {
+        // The one thing storage reports busy: an Idempotency-Key bound by
+        // a request whose transaction has not committed. Not a storage
+        // failure: the breaker does not count it.
+        if let edgelink_core::StoreError::Busy { message, .. } = &e {
+            return ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "idempotency_in_progress",
+                    message.clone(),
+                )
+            };
+        }
         tracing::warn!(error = %e, "storage call failed");
         ApiError {
             storage_failed: edgelink_core::breaker::is_failure(&e),

@@ -167,9 +167,10 @@ impl OriginStore for PgOrigin {
             })),
             // Bound by a transaction that has not committed yet: not visible
             // to this statement's snapshot. Report it as busy.
-            _ => Err(pg_err(
-                "an earlier request with this Idempotency-Key is still running",
-            )),
+            _ => Err(StoreError::Busy {
+                backend: PG,
+                message: "an earlier request with this Idempotency-Key is still running".into(),
+            }),
         }
     }
 

@@ -333,7 +333,7 @@ async fn idempotency_key_makes_retries_safe() {
         }
     }
     let r = call(&api, Method::POST, "/api/v1/links", &headers, &body).await;
-    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     codes.insert(r.body["code"].as_str().unwrap().to_owned());
     assert_eq!(codes.len(), 1, "one link for one key: {codes:?}");
     let all = env.links.list(None, 1_000).await.unwrap();
