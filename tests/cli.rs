@@ -337,25 +337,38 @@ fn request(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    send_raw(addr, method, path, &headers, body)
+        .unwrap_or_else(|| panic!("{method} {path} on {addr}: no answer"))
+}
+
+/// A plain HTTP/1.1 request with `headers`: (status, body), or `None` when
+/// the connection fails or is cut (a server was killed).
+fn send_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .ok()?;
     let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    s.read_to_string(&mut text).ok()?;
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
 }
 
 /// Polls `GET /admin/keypool` until `free` is `want`.
@@ -694,30 +707,6 @@ fn migrated_with_keypool(db: &TestDb, keys: u64) -> Server {
     server
 }
 
-/// Like [`request`], but `None` when the connection fails or is cut (the
-/// server was killed).
-fn try_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
 /// Issue 5: the origin killed with SIGKILL in the middle of a creation
 /// load loses nothing it acknowledged: every link that got a 201 resolves
 /// afterwards, through an edge, to the URL it was created with.
@@ -748,8 +737,10 @@ fn origin_killed_mid_load_loses_no_acknowledged_link() {
                     i += 1;
                     let url = format!("https://example.com/{t}/{i}");
                     let body = format!(r#"{{"url": "{url}"}}"#);
+                    let auth = format!("Bearer {key}");
+                    let headers = [("Authorization", auth.as_str())];
                     let Some((201, reply)) =
-                        try_request(addr, "POST", "/api/v1/links", &key, &body)
+                        send_raw(addr, "POST", "/api/v1/links", &headers, &body)
                     else {
                         continue;
                     };
@@ -972,18 +963,19 @@ fn a_creation_is_traced_from_edge_through_origin_to_postgres() {
             .env("EDGELINK_TRACING_SAMPLE_RATIO", "0"),
     );
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut s = TcpStream::connect(edge.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let body = r#"{"url": "https://example.com/traced"}"#;
-    write!(
-        s,
-        "POST /api/v1/links HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {api_key}\r\nb3: {trace}-00f067aa0ba902b7-1\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let (auth, b3) = (
+        format!("Bearer {api_key}"),
+        format!("{trace}-00f067aa0ba902b7-1"),
+    );
+    let (status, reply) = send_raw(
+        edge.addr,
+        "POST",
+        "/api/v1/links",
+        &[("Authorization", &auth), ("b3", &b3)],
+        r#"{"url": "https://example.com/traced"}"#,
     )
     .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    assert_eq!(status, 201, "{reply}");
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let find = |name: &str| {

@@ -151,6 +151,72 @@ impl ClickMetrics {
     }
 }
 
+/// Counts waiting to be frozen into a flush, by UTC day then code (so a
+/// drain looks a code up without building a key).
+#[derive(Default)]
+struct Pending {
+    days: HashMap<Date, HashMap<Box<[u8]>, [u64; 2]>>,
+    /// (code, day) pairs held.
+    pairs: usize,
+}
+
+impl Pending {
+    /// Adds to `code`'s count of `day`; a new pair only while fewer than
+    /// `room` were added by this caller (`added` counts them). `false`:
+    /// no room, not added.
+    fn add(
+        &mut self,
+        code: &[u8],
+        day: Date,
+        counts: [u64; 2],
+        room: usize,
+        added: &mut usize,
+    ) -> bool {
+        let codes = self.days.entry(day).or_default();
+        if let Some(c) = codes.get_mut(code) {
+            c[0] += counts[0];
+            c[1] += counts[1];
+            return true;
+        }
+        if *added >= room {
+            return false;
+        }
+        codes.insert(code.into(), counts);
+        *added += 1;
+        self.pairs += 1;
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pairs == 0
+    }
+
+    fn clicks(&self) -> u64 {
+        self.days
+            .values()
+            .flat_map(|c| c.values())
+            .map(|[h, b]| h + b)
+            .sum()
+    }
+
+    fn take(&mut self) -> Vec<ClickDelta> {
+        self.pairs = 0;
+        self.days
+            .drain()
+            .flat_map(|(day, codes)| {
+                codes
+                    .into_iter()
+                    .map(move |(code, [human, bot])| ClickDelta {
+                        code: String::from_utf8_lossy(&code).into_owned(),
+                        day,
+                        human,
+                        bot,
+                    })
+            })
+            .collect()
+    }
+}
+
 /// A flush that was tried: retried as it is until the store takes it.
 struct Frozen {
     seq: u64,
@@ -164,7 +230,7 @@ pub struct Flusher {
     /// This process's name in `click_flushes`: random, per start.
     edge: String,
     seq: u64,
-    pending: HashMap<(Box<[u8]>, Date), [u64; 2]>,
+    pending: Pending,
     frozen: Option<Frozen>,
     max_pending: usize,
     metrics: ClickMetrics,
@@ -182,7 +248,7 @@ impl Flusher {
             store,
             edge: format!("{:016x}", rand::random::<u64>()),
             seq: 0,
-            pending: HashMap::new(),
+            pending: Pending::default(),
             frozen: None,
             max_pending,
             metrics,
@@ -195,7 +261,7 @@ impl Flusher {
     }
 
     fn held(&self) -> usize {
-        self.pending.len() + self.frozen.as_ref().map_or(0, |f| f.deltas.len())
+        self.pending.pairs + self.frozen.as_ref().map_or(0, |f| f.deltas.len())
     }
 
     /// Moves the index's counts into the pending map, as clicks of `day`.
@@ -205,13 +271,7 @@ impl Flusher {
         let mut dropped = 0u64;
         let pending = &mut self.pending;
         self.index.drain_clicks(|code, human, bot| {
-            if let Some(c) = pending.get_mut(&(Box::from(code), day)) {
-                c[0] += human;
-                c[1] += bot;
-            } else if added < room {
-                pending.insert((code.into(), day), [human, bot]);
-                added += 1;
-            } else {
+            if !pending.add(code, day, [human, bot], room, &mut added) {
                 dropped += human + bot;
             }
         });
@@ -234,16 +294,7 @@ impl Flusher {
                     break;
                 }
                 self.seq += 1;
-                let deltas = self
-                    .pending
-                    .drain()
-                    .map(|((code, day), [human, bot])| ClickDelta {
-                        code: String::from_utf8_lossy(&code).into_owned(),
-                        day,
-                        human,
-                        bot,
-                    })
-                    .collect();
+                let deltas = self.pending.take();
                 self.frozen = Some(Frozen {
                     seq: self.seq,
                     deltas,
@@ -322,16 +373,13 @@ impl Flusher {
                     failures += 1;
                     let pause = edgelink_core::retry::backoff(failures);
                     if tokio::time::Instant::now() + pause >= deadline {
-                        let lost: u64 = self
-                            .pending
-                            .values()
-                            .map(|[h, b]| h + b)
-                            .chain(
-                                self.frozen
-                                    .iter()
-                                    .flat_map(|f| f.deltas.iter().map(|d| d.human + d.bot)),
-                            )
-                            .sum();
+                        let lost: u64 = self.pending.clicks()
+                            + self
+                                .frozen
+                                .iter()
+                                .flat_map(|f| f.deltas.iter())
+                                .map(|d| d.human + d.bot)
+                                .sum::<u64>();
                         tracing::error!(error = %e, lost, "clicks not written before shutdown");
                         return;
                     }

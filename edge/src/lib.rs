@@ -552,13 +552,24 @@ fn admin_route(renderers: &[PrometheusHandle], req: &Request<Incoming>) -> Respo
     .unwrap_or_else(|| failure(Failure::NotFound))
 }
 
+/// The tracing decision a request was served under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    /// Tracing is off.
+    Untraced,
+    Sampled,
+    /// Not sampled; `true` when the caller made no decision (the origin
+    /// is then told `b3: 0`).
+    Unsampled(bool),
+}
+
 // === impl App ===
 
 impl App {
     #[inline]
     async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         if self.tracer.is_none() && self.access.is_none() {
-            return self.serve(req, peer).await;
+            return self.serve(req, peer, Decided::Untraced).await;
         }
         self.serve_observed(req, peer).await
     }
@@ -577,7 +588,7 @@ impl App {
         });
         let resp = match &self.tracer {
             Some(tracer) => self.serve_traced(tracer, req, peer).await,
-            None => self.serve(req, peer).await,
+            None => self.serve(req, peer, Decided::Untraced).await,
         };
         if let (Some(log), Some((client, at, started, method, path, user_agent))) =
             (&self.access, noted)
@@ -601,24 +612,22 @@ impl App {
     async fn serve_traced(
         &self,
         tracer: &Arc<edgelink_core::trace::Tracer>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: Peer,
     ) -> Response<Body> {
         use edgelink_core::trace;
         let incoming = trace::extract(req.headers());
         let Some(mut span) = tracer.server_span("edge.request", &incoming) else {
-            if incoming.sampled.is_none() {
-                // Not sampled here: the next hop is told, so it does not
-                // start a trace of its own.
-                req.headers_mut()
-                    .insert("b3", http::HeaderValue::from_static("0"));
-            }
-            return self.serve(req, peer).await;
+            // Not sampled here, and the caller decided nothing: a proxied
+            // request tells the origin, so it starts no trace of its own.
+            let decided = Decided::Unsampled(incoming.sampled.is_none());
+            return self.serve(req, peer, decided).await;
         };
         span.set("http.request.method", req.method());
         span.set("url.path", req.uri().path());
         span.set("client.address", peer.addr.ip());
-        let resp = trace::scope(tracer.clone(), span.context(), self.serve(req, peer)).await;
+        let served = self.serve(req, peer, Decided::Sampled);
+        let resp = trace::scope(tracer.clone(), span.context(), served).await;
         span.set("http.response.status_code", resp.status().as_u16());
         if resp.status().is_server_error() {
             span.fail();
@@ -626,7 +635,12 @@ impl App {
         resp
     }
 
-    async fn serve(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    async fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        decided: Decided,
+    ) -> Response<Body> {
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let head = req.method() == Method::HEAD;
         let readable = head || req.method() == Method::GET;
@@ -645,6 +659,10 @@ impl App {
         let path = req.uri().path();
         let api = self.api.as_ref().filter(|_| path.starts_with("/api/"));
         if proxy.is_some() || api.is_some() {
+            if proxy.is_some() && decided == Decided::Unsampled(true) {
+                req.headers_mut()
+                    .insert("b3", http::HeaderValue::from_static("0"));
+            }
             let resp = self.api_call(req, peer, proxy, api).await;
             return self.count(resp, Tier::None);
         }

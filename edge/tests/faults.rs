@@ -108,16 +108,22 @@ async fn warm(edge: &TestEdge) {
     }
 }
 
-/// PostgreSQL (fresh database, direct) and Redis on a server of our own.
-async fn with_own_redis(
+/// An edge on PostgreSQL (fresh database, seeded) and Redis on a server of
+/// our own, its hot codes in tier 0; with a handle on that Redis and the
+/// edge's config.
+async fn edge_with_own_redis(
     db: &TestDb,
-    config: &mut edgelink_core::Config,
     redis: &RedisServer,
-) -> Stores {
-    let mut stores = distributed_stores(db, config, false).await;
+) -> (Arc<TestEdge>, Arc<dyn LinkCache>, edgelink_core::Config) {
+    let mut config = fault_config();
+    let mut stores = distributed_stores(db, &mut config, false).await;
     config.redis.url = Some(redis.url());
-    stores.cache = Some(Arc::new(RedisCache::connect(&config.redis).await.unwrap()));
-    stores
+    let cache: Arc<dyn LinkCache> = Arc::new(RedisCache::connect(&config.redis).await.unwrap());
+    stores.cache = Some(cache.clone());
+    seed(&stores, 20_000).await;
+    let edge = Arc::new(TestEdge::start(config.clone(), stores).await);
+    warm(&edge).await;
+    (edge, cache, config)
 }
 
 fn fault_config() -> edgelink_core::Config {
@@ -138,12 +144,7 @@ fn fault_config() -> edgelink_core::Config {
 async fn redis_killed_under_load_fails_nothing_and_recovers() {
     let db = TestDb::create().await;
     let mut redis = RedisServer::start();
-    let mut config = fault_config();
-    let stores = with_own_redis(&db, &mut config, &redis).await;
-    seed(&stores, 20_000).await;
-    let cache = stores.cache.clone().unwrap();
-    let edge = Arc::new(TestEdge::start(config.clone(), stores).await);
-    warm(&edge).await;
+    let (edge, cache, config) = edge_with_own_redis(&db, &redis).await;
 
     let run = tokio::spawn(load(edge.clone(), Duration::from_secs(3), 0));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -190,12 +191,7 @@ async fn redis_killed_under_load_fails_nothing_and_recovers() {
 async fn redis_frozen_costs_at_most_its_timeout_and_recovers() {
     let db = TestDb::create().await;
     let redis = RedisServer::start();
-    let mut config = fault_config();
-    let stores = with_own_redis(&db, &mut config, &redis).await;
-    seed(&stores, 20_000).await;
-    let cache = stores.cache.clone().unwrap();
-    let edge = Arc::new(TestEdge::start(config.clone(), stores).await);
-    warm(&edge).await;
+    let (edge, cache, config) = edge_with_own_redis(&db, &redis).await;
 
     redis.freeze();
     let samples = load(edge.clone(), Duration::from_secs(3), 0).await;
