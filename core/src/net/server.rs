@@ -125,10 +125,27 @@ pub async fn serve<H, F>(
 {
     let graceful = GracefulShutdown::new();
     let limits = &options.limits;
+    let mut closing = false;
     loop {
-        let (stream, addr) = tokio::select! {
+        // Several processes may share this port (SO_REUSEPORT), and a
+        // closed listener's queued connections are reset, not handed to
+        // its siblings: at shutdown, take what is queued, then close. The
+        // backlog of 0 set then keeps all but one new connection out
+        // meanwhile (their SYNs are dropped and retried, and reach a
+        // sibling once this listener is closed).
+        let (stream, addr) = if closing {
+            match try_accept(&listener) {
+                Some(pair) => pair,
+                None => break,
+            }
+        } else {
+            tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                let _ = socket2::SockRef::from(&listener).listen(0);
+                closing = true;
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -138,6 +155,7 @@ pub async fn serve<H, F>(
                     continue;
                 }
             },
+            }
         };
         let Ok(permit) = limits.permits.clone().try_acquire_owned() else {
             // Over the cap: close now rather than queue without bound.
@@ -174,12 +192,32 @@ pub async fn serve<H, F>(
         });
     }
     drop(listener);
+    // hyper closes a connection at once on graceful shutdown when it has
+    // not read a request yet, and one accepted a moment ago may have its
+    // request still unread in the socket (closing then resets it): let
+    // those requests be read first.
+    tokio::time::sleep(SETTLE.min(options.drain)).await;
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(options.drain) => {
             tracing::warn!(drain = ?options.drain, "drain deadline passed; closing the remaining connections");
         }
     }
+}
+
+/// How long connections accepted just before shutdown get to deliver their
+/// first request before graceful shutdown closes idle connections.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// A connection already queued on `listener`, without waiting: a direct
+/// `accept` (tokio's own would trust its cached readiness, which may not
+/// have seen the latest arrivals yet).
+fn try_accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let (socket, addr) = socket2::SockRef::from(listener).accept().ok()?;
+    let addr = addr.as_socket()?;
+    socket.set_nonblocking(true).ok()?;
+    let stream = tokio::net::TcpStream::from_std(socket.into()).ok()?;
+    Some((stream, addr))
 }
 
 async fn serve_connection<IO, H, F>(
