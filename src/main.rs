@@ -85,7 +85,7 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// The autoscaler (so far: its simulator).
+    /// The autoscaler: its simulator and the live sidecar.
     Autoscale {
         #[command(subcommand)]
         action: AutoscaleAction,
@@ -112,7 +112,7 @@ enum AutoscaleAction {
         /// Trace file: one integer per second, whitespace-separated (gzip if .gz).
         #[arg(long, value_name = "FILE")]
         trace: PathBuf,
-        /// hpa, scheduled, hpa+spike, hpa+forecast, layered, layered+scheduled,
+        /// hpa, scheduled, hpa+spike, hpa+forecast, layered, layered-naive, layered+scheduled,
         /// static-peak, oracle, or all.
         #[arg(long, default_value = "all")]
         policy: String,
@@ -141,6 +141,16 @@ enum AutoscaleAction {
         /// One JSON object per policy instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the autoscaler: read the edges' load, decide, scale (see
+    /// deploy/autoscaler.example.toml).
+    Run {
+        /// The autoscaler's TOML configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Check the configuration and exit.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -369,6 +379,29 @@ fn checked(check: bool) -> Option<ExitCode> {
 fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     match command {
         Command::Autoscale {
+            action: AutoscaleAction::Run { config, check },
+        } => {
+            use edgelink_autoscaler::live;
+            let config = live::config::Config::load(&config).map_err(|e| {
+                Failure::Config(ConfigError::Invalid(format!(
+                    "autoscaler configuration: {e}"
+                )))
+            })?;
+            if check {
+                println!("configuration ok");
+                return Ok(ExitCode::SUCCESS);
+            }
+            runtime(2)?.block_on(async move {
+                let addr = config.autoscaler.admin_listen;
+                let admin = edgelink_core::net::listener::bind(addr, 128)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+                let shutdown = CancellationToken::new();
+                cancel_on_signal(shutdown.clone());
+                live::run(config, admin, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Autoscale {
             action:
                 AutoscaleAction::Simulate {
                     trace,
@@ -386,15 +419,11 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         } => {
             use edgelink_autoscaler::{policies, sim, NAMES};
             let bad = |m: String| Failure::Config(ConfigError::Invalid(m));
-            let peak = peak_hours
-                .split_once('-')
-                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-                .filter(|(a, b)| *a < 24 && *b <= 24)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "--peak-hours {peak_hours:?}: want FROM-TO, e.g. 9-18"
-                    ))
-                })?;
+            let peak = edgelink_autoscaler::parse_peak_hours(&peak_hours).ok_or_else(|| {
+                bad(format!(
+                    "--peak-hours {peak_hours:?}: want FROM-TO, e.g. 9-18"
+                ))
+            })?;
             if !(scale > 0.0 && node_capacity > 0.0) || min_replicas > max_replicas {
                 return Err(bad(
                     "--scale and --node-capacity must be > 0, --min-replicas <= --max-replicas"

@@ -6,7 +6,8 @@
 //!   and the signals of one evaluation: the Kubernetes HPA rule (the
 //!   baseline), time-aware thresholds, spike detection, a seasonal
 //!   forecast, and the layered policies that take the highest proposal
-//!   (`layered`: HPA, spike and forecast; `layered+scheduled` adds the
+//!   (`layered`: HPA, spike and the MSTL forecast; `layered-naive` the same
+//!   with the seasonal-naive forecast; `layered+scheduled` adds the
 //!   time-aware thresholds, which cost more than they save on the NASA
 //!   trace with the issue's example bands: `bench/RESULTS.md`).
 //! - [`sim`]: the discrete-time fleet that replays a request-rate trace
@@ -14,13 +15,14 @@
 //!   static peak provisioning and the oracle.
 //! - this file: [`policies`], the named policies the simulator runs.
 //!
-//! Not here yet (issue 7): the live sidecar (scraping edges, actuators,
-//! lease, write-ahead log) and the `augurs` forecast model.
+//! - [`live`]: the sidecar (`edgelink autoscale run`): signals, actuators,
+//!   lease, write-ahead log, decision log and metrics.
 
+pub mod live;
 pub mod policy;
 pub mod sim;
 
-use policy::{Forecast, Hpa, Layered, Policy, Scheduled, Spike};
+use policy::{Forecast, ForecastModel, Hpa, Layered, Policy, Scheduled, Spike};
 use sim::Model;
 
 /// HPA-style target utilisation of the reactive layers.
@@ -28,14 +30,22 @@ pub const TARGET: f64 = 0.7;
 
 /// The policy names the simulator knows, in report order (the references
 /// `static-peak` and `oracle` come with `all`).
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "hpa",
     "scheduled",
     "hpa+spike",
     "hpa+forecast",
     "layered",
+    "layered-naive",
     "layered+scheduled",
 ];
+
+/// Local peak hours `FROM-TO` (`9-18`), hours 0..24 and 0..=24.
+pub fn parse_peak_hours(text: &str) -> Option<(u32, u32)> {
+    text.split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
+        .filter(|(a, b)| *a < 24 && *b <= 24)
+}
 
 /// A fresh policy by name, for `model` (local peak hours `peak_hours`).
 pub fn policies(
@@ -69,6 +79,19 @@ pub fn policies(
                 Box::new(Hpa::new(TARGET, min, max)),
                 Box::new(Spike::new(TARGET)),
                 Box::new(Forecast::new(horizon, TARGET)),
+            ],
+            min,
+            max,
+        }),
+        "layered-naive" => Box::new(Layered {
+            layers: vec![
+                Box::new(Hpa::new(TARGET, min, max)),
+                Box::new(Spike::new(TARGET)),
+                Box::new(Forecast::with_model(
+                    horizon,
+                    TARGET,
+                    ForecastModel::SeasonalNaive,
+                )),
             ],
             min,
             max,

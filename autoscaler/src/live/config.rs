@@ -1,0 +1,318 @@
+//! The live autoscaler's configuration: a TOML file of its own
+//! (`edgelink autoscale run --config FILE`), every field checked at start-up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub autoscaler: Settings,
+    pub signals: SignalsConfig,
+    pub actuator: ActuatorConfig,
+    #[serde(default)]
+    pub lease: LeaseConfig,
+}
+
+/// `[autoscaler]`: the policy and its fleet model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Seconds between evaluations (the HPA's sync period is 15 s).
+    pub interval_secs: u64,
+    /// A policy name of the simulator: `hpa`, `layered`, ...
+    pub policy: String,
+    /// Requests per second one edge serves at 100% (measure it: bench/).
+    pub node_capacity: f64,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    /// Seconds from asking for an edge until it serves (forecast horizon).
+    pub startup_seconds: u64,
+    /// The fleet's local time zone, hours east of UTC (schedules).
+    pub utc_offset_hours: i64,
+    /// Local peak hours `FROM-TO` of the scheduled thresholds.
+    pub peak_hours: String,
+    /// The write-ahead log, the rate history and the decision log live here.
+    pub state_dir: PathBuf,
+    /// `/metrics`, `/healthz` and `/status`; loopback by default.
+    pub admin_listen: SocketAddr,
+    /// Per-scrape (and per Prometheus query) timeout.
+    pub scrape_timeout_ms: u64,
+    /// Per-actuator-call timeout (a process start, a scale request).
+    pub actuator_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            interval_secs: 15,
+            policy: "layered".to_owned(),
+            node_capacity: 10_000.0,
+            min_replicas: 1,
+            max_replicas: 20,
+            startup_seconds: 120,
+            utc_offset_hours: 0,
+            peak_hours: "9-18".to_owned(),
+            state_dir: PathBuf::from("autoscaler-state"),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9095)),
+            scrape_timeout_ms: 2_000,
+            actuator_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[signals]`: where the edges' load is read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "source", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SignalsConfig {
+    /// Scrape each edge's admin `/metrics`: `targets = ["host:port", ...]`.
+    Static { targets: Vec<String> },
+    /// Scrape every address a name resolves to: `name = "edge-admin:9090"`
+    /// (a Kubernetes headless Service, a round-robin DNS name).
+    Dns { name: String },
+    /// Scrape the edges the actuator runs (the `process` actuator knows
+    /// their admin addresses).
+    Actuator,
+    /// Ask a Prometheus server: `url = "http://prometheus:9090"`; the rate
+    /// query and the ready-replica query are PromQL.
+    Prometheus {
+        url: String,
+        #[serde(default = "default_rate_query")]
+        rate_query: String,
+        #[serde(default = "default_ready_query")]
+        ready_query: String,
+    },
+}
+
+fn default_rate_query() -> String {
+    "sum(rate(edgelink_http_requests_total[1m]))".to_owned()
+}
+
+fn default_ready_query() -> String {
+    "count(up{job=\"edgelink-edge\"} == 1)".to_owned()
+}
+
+/// `[actuator]`: how the replica count is changed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ActuatorConfig {
+    /// Local `edgelink edge` processes sharing one port (SO_REUSEPORT).
+    Process {
+        /// The binary; the running `edgelink` when absent.
+        #[serde(default)]
+        binary: Option<PathBuf>,
+        /// Its arguments, e.g. `["edge", "--config", "edge.toml"]`.
+        args: Vec<String>,
+        /// Edge `i` (from 0) gets admin port `admin_port_base + i`.
+        admin_port_base: u16,
+        /// SIGTERM, then this long to drain before SIGKILL.
+        #[serde(default = "default_drain_secs")]
+        drain_secs: u64,
+        /// Environment variables for the edges (beside the autoscaler's own).
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// A Deployment's `scale` subresource.
+    Kubernetes {
+        namespace: String,
+        deployment: String,
+        /// API server URL; in-cluster configuration when absent.
+        #[serde(default)]
+        api_url: Option<String>,
+    },
+    /// Runs `command` with `{replicas}` replaced by the desired count;
+    /// `current_command` prints the current count on stdout.
+    Command {
+        command: Vec<String>,
+        current_command: Vec<String>,
+    },
+}
+
+fn default_drain_secs() -> u64 {
+    30
+}
+
+/// `[lease]`: only one autoscaler acts at a time.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LeaseConfig {
+    /// No lease: run one autoscaler only.
+    #[default]
+    None,
+    /// A PostgreSQL session advisory lock on `key`.
+    Postgres {
+        url: String,
+        #[serde(default = "default_lock_key")]
+        key: i64,
+    },
+}
+
+fn default_lock_key() -> i64 {
+    // "edgelink-autoscaler" folded to an i64 once, fixed forever.
+    0x6564_6765_6c6e_6b61
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.autoscaler;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(1..=3_600).contains(&s.interval_secs) {
+            return bad("autoscaler.interval_secs must be 1..=3600");
+        }
+        if crate::NAMES.iter().all(|n| *n != s.policy) {
+            return Err(ConfigError::Invalid(format!(
+                "autoscaler.policy must be one of {}",
+                crate::NAMES.join(", ")
+            )));
+        }
+        if !(s.node_capacity.is_finite() && s.node_capacity > 0.0) {
+            return bad("autoscaler.node_capacity must be a positive number");
+        }
+        if s.min_replicas == 0 || s.min_replicas > s.max_replicas || s.max_replicas > 10_000 {
+            return bad("autoscaler: need 1 <= min_replicas <= max_replicas <= 10000");
+        }
+        if crate::parse_peak_hours(&s.peak_hours).is_none() {
+            return bad("autoscaler.peak_hours must be FROM-TO, hours 0-24");
+        }
+        if !(-14..=14).contains(&s.utc_offset_hours) {
+            return bad("autoscaler.utc_offset_hours must be -14..=14");
+        }
+        if !(10..=60_000).contains(&s.scrape_timeout_ms)
+            || !(10..=600_000).contains(&s.actuator_timeout_ms)
+        {
+            return bad(
+                "autoscaler: scrape_timeout_ms 10..=60000, actuator_timeout_ms 10..=600000",
+            );
+        }
+        match &self.signals {
+            SignalsConfig::Static { targets } if targets.is_empty() => {
+                return bad("signals.targets must not be empty");
+            }
+            SignalsConfig::Actuator if !matches!(self.actuator, ActuatorConfig::Process { .. }) => {
+                return bad("signals.source = \"actuator\" needs the process actuator");
+            }
+            _ => {}
+        }
+        match &self.actuator {
+            ActuatorConfig::Process {
+                args,
+                admin_port_base,
+                ..
+            } => {
+                if args.is_empty() {
+                    return bad("actuator.args must name the role, e.g. [\"edge\", ...]");
+                }
+                if u32::from(*admin_port_base) + s.max_replicas > 65_535 || *admin_port_base == 0 {
+                    return bad("actuator.admin_port_base + max_replicas must be a valid port");
+                }
+            }
+            ActuatorConfig::Command {
+                command,
+                current_command,
+            } => {
+                if command.is_empty() || current_command.is_empty() {
+                    return bad("actuator.command and actuator.current_command must not be empty");
+                }
+                if !command.iter().any(|a| a.contains("{replicas}")) {
+                    return bad("actuator.command must contain {replicas}");
+                }
+            }
+            ActuatorConfig::Kubernetes {
+                namespace,
+                deployment,
+                ..
+            } => {
+                if namespace.is_empty() || deployment.is_empty() {
+                    return bad("actuator.namespace and actuator.deployment must not be empty");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn a_whole_file_parses_and_bad_values_are_refused() {
+        let ok = r#"
+            [autoscaler]
+            policy = "hpa"
+            max_replicas = 8
+            [signals]
+            source = "actuator"
+            [actuator]
+            kind = "process"
+            args = ["edge", "--config", "edge.toml"]
+            admin_port_base = 9200
+            [lease]
+            kind = "postgres"
+            url = "postgres://postgres@127.0.0.1/test"
+        "#;
+        let c = parse(ok).unwrap();
+        assert_eq!(c.autoscaler.max_replicas, 8);
+        assert!(matches!(c.lease, LeaseConfig::Postgres { .. }));
+
+        for (from, to) in [
+            ("policy = \"hpa\"", "policy = \"magic\""),
+            ("max_replicas = 8", "max_replicas = 0"),
+            ("admin_port_base = 9200", "admin_port_base = 65530"),
+            ("kind = \"process\"", "kind = \"teleport\""),
+            ("[lease]", "[lease]\nttl = 3"),
+        ] {
+            assert!(ok.contains(from));
+            assert!(parse(&ok.replace(from, to)).is_err(), "{to}");
+        }
+        // The actuator signal source needs the process actuator.
+        let k8s = ok.replace(
+            "kind = \"process\"\n            args = [\"edge\", \"--config\", \"edge.toml\"]\n            admin_port_base = 9200",
+            "kind = \"kubernetes\"\n            namespace = \"edgelink\"\n            deployment = \"edge\"",
+        );
+        assert_ne!(k8s, ok);
+        assert!(parse(&k8s).is_err());
+    }
+}
