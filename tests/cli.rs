@@ -5,106 +5,15 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use edgelink_core::testing::{redis_url, unique, TestDb};
 
 mod prom;
+mod support;
 
-fn edgelink() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edgelink"));
-    // Only what the test sets reaches the binary.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("EDGELINK_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().unwrap()
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A running `edgelink` server; killed if the test fails before stopping it.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Server {
-    fn start(cmd: &mut Command) -> Server {
-        let addr = free_addr();
-        let admin = free_addr();
-        let child = cmd
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "server did not start on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server { child, addr, admin }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(self) -> std::process::ExitStatus {
-        signal(&self, "-TERM");
-        self.stop_waiting()
-    }
-
-    /// The exit status, once the process ends (a signal was sent already).
-    fn stop_waiting(mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A plain HTTP/1.1 GET, as curl would send it: (status, location).
-fn get(addr: SocketAddr, path: &str) -> (u16, Option<String>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let location = text
-        .lines()
-        .find_map(|l| l.strip_prefix("location: ").map(str::to_owned));
-    (status, location)
-}
+use support::{edgelink, free_addr, get, request, run, send_raw, signal, Server};
 
 fn write_csv(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -329,48 +238,6 @@ fn distributed_edge_serves_links_imported_into_postgres() {
     drop(db);
 }
 
-/// A plain HTTP/1.1 request with an optional bearer token: (status, body).
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, String) {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-    send_raw(addr, method, path, &headers, body)
-        .unwrap_or_else(|| panic!("{method} {path} on {addr}: no answer"))
-}
-
-/// A plain HTTP/1.1 request with `headers`: (status, body), or `None` when
-/// the connection fails or is cut (a server was killed).
-fn send_raw(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let headers: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.get(9..12)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
 /// Polls `GET /admin/keypool` until `free` is `want`.
 fn wait_for_free(admin: SocketAddr, token: &str, want: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -469,16 +336,6 @@ fn serve_hello(dir: &Path, config: &Path) -> Server {
     let out = run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db));
     assert!(out.status.success(), "{out:?}");
     server
-}
-
-/// Sends `signal` (e.g. "-HUP") to the server.
-fn signal(server: &Server, signal: &str) {
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap()
-        .success());
 }
 
 /// One keep-alive HTTP/1.1 exchange on `s`: the status, or `None` when the
@@ -855,6 +712,43 @@ fn metrics_of_every_role_parse_and_match_the_catalogue() {
         scrape(role, server.admin);
     }
     scrape("keypool", keypool.admin);
+    // The autoscaler, reading the edge above, on the command actuator.
+    let autoscaler_admin = free_addr();
+    let count = dir.path().join("count");
+    std::fs::write(&count, "1\n").unwrap();
+    let config = dir.path().join("autoscaler.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[autoscaler]\ninterval_secs = 1\nmin_replicas = 2\nstate_dir = \"{}\"\nadmin_listen = \"{autoscaler_admin}\"\n\
+             [signals]\nsource = \"static\"\ntargets = [\"{}\"]\n\
+             [actuator]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo {{replicas}} > {}\"]\ncurrent_command = [\"cat\", \"{}\"]\n",
+            dir.path().join("autoscaler").display(),
+            roles[1].1.admin,
+            count.display(),
+            count.display(),
+        ),
+    )
+    .unwrap();
+    let mut autoscaler = Server {
+        child: edgelink()
+            .args(["autoscale", "run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+        addr: autoscaler_admin,
+        admin: autoscaler_admin,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&count).unwrap().trim() != "2" {
+        assert!(
+            autoscaler.child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "the autoscaler did not scale to its minimum"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    scrape("autoscale", autoscaler.admin);
     let missing: Vec<&String> = catalogue
         .keys()
         .filter(|m| !exported.contains_key(*m))
@@ -887,6 +781,7 @@ fn metrics_of_every_role_parse_and_match_the_catalogue() {
         assert_eq!(server.stop().code(), Some(0));
     }
     assert_eq!(keypool.stop().code(), Some(0));
+    assert_eq!(autoscaler.stop().code(), Some(0));
     drop(db);
 }
 
@@ -1071,6 +966,7 @@ fn autoscale_simulate_reports_every_policy_as_json() {
             "hpa+spike",
             "hpa+forecast",
             "layered",
+            "layered-naive",
             "layered+scheduled",
             "oracle"
         ]
