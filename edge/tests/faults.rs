@@ -19,6 +19,9 @@ use support::*;
 
 const HOT: usize = 50;
 const WORKERS: usize = 8;
+/// Cold codes seeded: each is asked once, so a load ends when they run out
+/// (on a fast machine before `run_for`).
+const COLD: usize = 40_000;
 
 fn breaker(backend: &str) -> String {
     format!(r#"edgelink_breaker_state{{backend="{backend}"}}"#)
@@ -41,12 +44,12 @@ struct Sample {
     retry_after: bool,
 }
 
-/// `WORKERS` clients in a loop until `run_for` has passed, alternating a
-/// hot code (in tier 0) and a cold one (each asked once: a miss that goes
-/// to the backends).
-async fn load(edge: Arc<TestEdge>, run_for: Duration, cold_from: usize) -> Vec<Sample> {
+/// `WORKERS` clients in a loop until `run_for` has passed or the `COLD`
+/// cold codes are used up, alternating a hot code (in tier 0) and a cold
+/// one (each asked once: a miss that goes to the backends).
+async fn load(edge: Arc<TestEdge>, run_for: Duration) -> Vec<Sample> {
     let until = Instant::now() + run_for;
-    let next_cold = Arc::new(std::sync::atomic::AtomicUsize::new(cold_from));
+    let next_cold = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
         let edge = edge.clone();
@@ -58,6 +61,9 @@ async fn load(edge: Arc<TestEdge>, run_for: Duration, cold_from: usize) -> Vec<S
                 let cold = i % 2 == 1;
                 let path = if cold {
                     let n = next_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= COLD {
+                        break;
+                    }
                     format!("/c{n}")
                 } else {
                     format!("/h{}", i % HOT)
@@ -120,7 +126,7 @@ async fn edge_with_own_redis(
     config.redis.url = Some(redis.url());
     let cache: Arc<dyn LinkCache> = Arc::new(RedisCache::connect(&config.redis).await.unwrap());
     stores.cache = Some(cache.clone());
-    seed(&stores, 20_000).await;
+    seed(&stores, COLD).await;
     let edge = Arc::new(TestEdge::start(config.clone(), stores).await);
     warm(&edge).await;
     (edge, cache, config)
@@ -146,7 +152,7 @@ async fn redis_killed_under_load_fails_nothing_and_recovers() {
     let mut redis = RedisServer::start();
     let (edge, cache, config) = edge_with_own_redis(&db, &redis).await;
 
-    let run = tokio::spawn(load(edge.clone(), Duration::from_secs(3), 0));
+    let run = tokio::spawn(load(edge.clone(), Duration::from_secs(3)));
     tokio::time::sleep(Duration::from_secs(1)).await;
     redis.kill();
     let samples = run.await.unwrap();
@@ -194,7 +200,7 @@ async fn redis_frozen_costs_at_most_its_timeout_and_recovers() {
     let (edge, cache, config) = edge_with_own_redis(&db, &redis).await;
 
     redis.freeze();
-    let samples = load(edge.clone(), Duration::from_secs(3), 0).await;
+    let samples = load(edge.clone(), Duration::from_secs(3)).await;
     let failed = samples.iter().filter(|s| s.status != 302).count();
     let slowest = samples.iter().map(|s| s.took).max().unwrap();
     // Timeouts are enforced by the edge; the margin is the scheduling of a
@@ -249,7 +255,7 @@ async fn until_redis_serves(edge: &TestEdge, cache: &dyn LinkCache) -> bool {
 async fn pg_through(db: &TestDb, config: &mut edgelink_core::Config) -> (Stores, FaultProxy) {
     // Migrated directly, then used through the proxy.
     let direct = distributed_stores(db, config, false).await;
-    seed(&direct, 20_000).await;
+    seed(&direct, COLD).await;
     let (proxy, url) = db.behind_fault_proxy().await;
     config.postgres.url = Some(url);
     let pg = PgStore::connect(&config.postgres).await.unwrap();
@@ -276,7 +282,7 @@ async fn postgres_blackholed_serves_tier0_and_503s_misses_then_recovers() {
 
     proxy.set(Fault::Blackhole);
     // 3 s: the hot links' 1 s TTL runs out during the fault.
-    let samples = load(edge.clone(), Duration::from_secs(3), 0).await;
+    let samples = load(edge.clone(), Duration::from_secs(3)).await;
     let hot: Vec<_> = samples.iter().filter(|s| !s.cold).collect();
     let cold: Vec<_> = samples.iter().filter(|s| s.cold).collect();
     let hot_ok = hot.iter().filter(|s| s.status == 302).count();
