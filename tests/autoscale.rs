@@ -355,3 +355,28 @@ fn an_action_a_crash_interrupted_is_reconciled_not_repeated() {
         assert_eq!(count(&fleet), actual);
     }
 }
+
+#[test]
+fn the_deploy_examples_are_valid_and_the_configmap_matches_its_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["one-machine.toml", "kubernetes.toml"] {
+        let out = run(edgelink()
+            .args(["autoscale", "run", "--check", "--config"])
+            .arg(root.join("deploy/autoscaler").join(file)));
+        assert!(out.status.success(), "{file}: {out:?}");
+    }
+    // The ConfigMap in deploy/kubernetes/autoscaler.yaml carries the same
+    // settings as deploy/autoscaler/kubernetes.toml.
+    let yaml = std::fs::read_to_string(root.join("deploy/kubernetes/autoscaler.yaml")).unwrap();
+    let embedded: String = yaml
+        .split("autoscaler.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let file = std::fs::read_to_string(root.join("deploy/autoscaler/kubernetes.toml")).unwrap();
+    let parse = |t: &str| t.parse::<toml::Table>().unwrap();
+    assert_eq!(parse(&embedded), parse(&file));
+}

@@ -922,8 +922,9 @@ fn a_creation_is_traced_from_edge_through_origin_to_postgres() {
 #[test]
 fn autoscale_simulate_reports_every_policy_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    // Two days: 100 requests/s, with an hour at 400 each afternoon.
-    let secs: Vec<String> = (0..2 * 86_400)
+    // Three days: 100 requests/s, with an hour at 400 each afternoon (the
+    // MSTL forecast needs two days of history).
+    let secs: Vec<String> = (0..3 * 86_400)
         .map(|s| {
             if (50_400..54_000).contains(&(s % 86_400)) {
                 "400"
@@ -941,7 +942,7 @@ fn autoscale_simulate_reports_every_policy_as_json() {
             "simulate",
             "--json",
             "--train-days",
-            "1",
+            "2",
             "--scale",
             "40000",
         ])
@@ -992,7 +993,7 @@ fn autoscale_simulate_reports_every_policy_as_json() {
     assert!(
         by("hpa+forecast")["violation_minutes"].as_u64().unwrap()
             < by("hpa")["violation_minutes"].as_u64().unwrap(),
-        "a day of history sees the afternoon coming: {reports:?}"
+        "two days of history see the afternoon coming: {reports:?}"
     );
     assert!(
         by("oracle")["replica_hours"].as_f64().unwrap()

@@ -351,7 +351,11 @@ impl Policy for Spike {
         (replicas > s.replicas).then(|| Proposal {
             replicas,
             layer: "spike",
-            reason: format!("rate up {:.0}% within {} s", rise * 100.0, self.window_secs),
+            reason: if rise.is_finite() {
+                format!("rate up {:.0}% within {} s", rise * 100.0, self.window_secs)
+            } else {
+                format!("rate up from 0 within {} s", self.window_secs)
+            },
         })
     }
 }
