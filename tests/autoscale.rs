@@ -87,9 +87,28 @@ fn requests_served(admin: SocketAddr) -> f64 {
     edgelink_autoscaler::live::signals::sum_of(&text, "edgelink_http_requests_total").unwrap_or(0.0)
 }
 
+/// Kills the edges listed in `edges.json` when the test ends, passed or
+/// not (a failed assertion must not leave edges running).
+struct KillEdges<'a>(&'a Path);
+
+impl Drop for KillEdges<'_> {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.0.join("edges.json")) else {
+            return;
+        };
+        let saved: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        for pid in saved.iter().filter_map(|e| e["pid"].as_u64()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 #[test]
 fn the_process_actuator_starts_edges_that_serve_and_drains_them_lifo() {
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = KillEdges(dir.path());
     let db = database_with_a_link(dir.path());
     let public = free_addr();
     let admin_base = free_port_pair();
