@@ -377,6 +377,20 @@ impl ProcessFleet {
     }
 }
 
+/// A Kubernetes client: in-cluster configuration (the pod's service
+/// account) unless `api_url` names an API server (plain HTTP is for tests
+/// only).
+pub fn kube_client(api_url: Option<&str>, timeout: Duration) -> Result<kube::Client, String> {
+    let mut config = match api_url {
+        Some(url) => kube::Config::new(url.parse().map_err(|e| format!("{url}: {e}"))?),
+        None => kube::Config::incluster().map_err(|e| format!("in-cluster config: {e}"))?,
+    };
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
 /// A Deployment's scale subresource.
 pub struct Kubernetes {
     api: kube::Api<k8s_openapi::api::apps::v1::Deployment>,
@@ -393,22 +407,14 @@ impl std::fmt::Debug for Kubernetes {
 }
 
 impl Kubernetes {
-    /// In-cluster configuration (the pod's service account) unless
-    /// `api_url` names an API server (plain HTTP is for tests only).
+    /// See [`kube_client`] for `api_url`.
     pub async fn connect(
         api_url: Option<&str>,
         namespace: &str,
         deployment: &str,
         timeout: Duration,
     ) -> Result<Kubernetes, String> {
-        let mut config = match api_url {
-            Some(url) => kube::Config::new(url.parse().map_err(|e| format!("{url}: {e}"))?),
-            None => kube::Config::incluster().map_err(|e| format!("in-cluster config: {e}"))?,
-        };
-        config.connect_timeout = Some(timeout);
-        config.read_timeout = Some(timeout);
-        config.write_timeout = Some(timeout);
-        let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+        let client = kube_client(api_url, timeout)?;
         Ok(Kubernetes {
             api: kube::Api::namespaced(client, namespace),
             deployment: deployment.to_owned(),
@@ -554,18 +560,36 @@ mod tests {
                                 "spec": {"replicas": n},
                                 "status": {"replicas": n}
                             });
-                            let status = if path
-                                == "/apis/apps/v1/namespaces/edgelink/deployments/edge/scale"
-                            {
-                                200
-                            } else {
-                                404
+                            let endpoints = serde_json::json!({
+                                "apiVersion": "v1",
+                                "kind": "Endpoints",
+                                "metadata": {"name": "edge-admin", "namespace": "edgelink"},
+                                "subsets": [{
+                                    "addresses": [{"ip": "10.0.0.7"}, {"ip": "10.0.0.3"}],
+                                    "notReadyAddresses": [{"ip": "10.0.0.9"}],
+                                    "ports": [{"port": 9090}]
+                                }]
+                            });
+                            let (status, body) = match path.as_str() {
+                                "/apis/apps/v1/namespaces/edgelink/deployments/edge/scale" => {
+                                    (200, scale)
+                                }
+                                "/api/v1/namespaces/edgelink/endpoints/edge-admin" => {
+                                    (200, endpoints)
+                                }
+                                _ => (
+                                    404,
+                                    serde_json::json!({
+                                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                        "reason": "NotFound", "code": 404, "message": "not found"
+                                    }),
+                                ),
                             };
                             Ok::<_, std::convert::Infallible>(
                                 hyper::Response::builder()
                                     .status(status)
                                     .header("content-type", "application/json")
-                                    .body(Full::new(bytes::Bytes::from(scale.to_string())))
+                                    .body(Full::new(bytes::Bytes::from(body.to_string())))
                                     .unwrap(),
                             )
                         }
@@ -603,6 +627,35 @@ mod tests {
             .await
             .unwrap();
         assert!(k.current().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn kubernetes_endpoints_give_the_ready_edges_as_targets() {
+        let (url, seen) = fake_api_server().await;
+        let client = kube_client(Some(&url), Duration::from_secs(5)).unwrap();
+        let e = crate::live::signals::Endpoints::new(
+            client.clone(),
+            "edgelink",
+            "edge-admin",
+            9090,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            e.targets().await.unwrap(),
+            ["10.0.0.3:9090", "10.0.0.7:9090"]
+        );
+        assert_eq!(
+            seen.lock().unwrap()[0].1,
+            "/api/v1/namespaces/edgelink/endpoints/edge-admin"
+        );
+        let missing = crate::live::signals::Endpoints::new(
+            client,
+            "edgelink",
+            "nope",
+            9090,
+            Duration::from_secs(5),
+        );
+        assert!(missing.targets().await.is_err());
     }
 
     #[tokio::test]

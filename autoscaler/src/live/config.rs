@@ -75,6 +75,16 @@ pub enum SignalsConfig {
     /// Scrape every address a name resolves to: `name = "edge-admin:9090"`
     /// (a Kubernetes headless Service, a round-robin DNS name).
     Dns { name: String },
+    /// Scrape the addresses of a Service's Endpoints (ready pods only), on
+    /// `port`, read from the Kubernetes API.
+    Kubernetes {
+        namespace: String,
+        service: String,
+        port: u16,
+        /// API server URL; in-cluster configuration when absent.
+        #[serde(default)]
+        api_url: Option<String>,
+    },
     /// Scrape the edges the actuator runs (the `process` actuator knows
     /// their admin addresses).
     Actuator,
@@ -222,6 +232,14 @@ impl Config {
         match &self.signals {
             SignalsConfig::Static { targets } if targets.is_empty() => {
                 return bad("signals.targets must not be empty");
+            }
+            SignalsConfig::Kubernetes {
+                namespace,
+                service,
+                port,
+                ..
+            } if namespace.is_empty() || service.is_empty() || *port == 0 => {
+                return bad("signals: namespace, service and port are required");
             }
             SignalsConfig::Actuator if !matches!(self.actuator, ActuatorConfig::Process { .. }) => {
                 return bad("signals.source = \"actuator\" needs the process actuator");

@@ -32,7 +32,7 @@ use crate::policy::{Policy, Signals};
 use actuator::Actuator;
 use config::{Config, LeaseConfig, SignalsConfig};
 use lease::{Lease, PgLease};
-use signals::{Prometheus, Reading, Scraper};
+use signals::{Endpoints, Prometheus, Reading, Scraper};
 use wal::Wal;
 
 /// Days of per-minute history kept for the forecast (it trains on four
@@ -183,6 +183,7 @@ struct Autoscaler {
     lease: Lease,
     scraper: Scraper,
     prometheus: Option<Prometheus>,
+    endpoints: Option<Endpoints>,
     metrics: Metrics,
     /// Unix second the forecast history's minute 0 stands for.
     origin: u64,
@@ -287,6 +288,22 @@ impl Autoscaler {
             SignalsConfig::Actuator => {
                 let targets = self.actuator.targets().unwrap_or_default();
                 self.scraper.read(&targets, current).await
+            }
+            SignalsConfig::Kubernetes { .. } => {
+                let found = match &self.endpoints {
+                    Some(e) => e.targets().await,
+                    None => Err("no Kubernetes client".to_owned()),
+                };
+                match found {
+                    Ok(targets) => self.scraper.read(&targets, current).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the edges' Endpoints");
+                        Reading {
+                            stale: current.max(1),
+                            ..Reading::default()
+                        }
+                    }
+                }
             }
             SignalsConfig::Dns { name } => match signals::resolve(name).await {
                 Ok(targets) => self.scraper.read(&targets, current).await,
@@ -518,6 +535,22 @@ pub async fn run(
         SignalsConfig::Prometheus { url, .. } => Some(Prometheus::new(url, timeout)),
         _ => None,
     };
+    let endpoints = match &config.signals {
+        SignalsConfig::Kubernetes {
+            namespace,
+            service,
+            port,
+            api_url,
+        } => Some(Endpoints::new(
+            actuator::kube_client(api_url.as_deref(), timeout)
+                .map_err(|e| anyhow::anyhow!("signals: {e}"))?,
+            namespace,
+            service,
+            *port,
+            timeout,
+        )),
+        _ => None,
+    };
     let decisions = open_append(&state_dir.join("decisions.log"))?;
     let status = Arc::new(Mutex::new(Decision::default()));
     let interval = Duration::from_secs(s.interval_secs);
@@ -529,6 +562,7 @@ pub async fn run(
         lease,
         scraper: Scraper::new(timeout),
         prometheus,
+        endpoints,
         metrics,
         origin: 0,
         was_active: false,

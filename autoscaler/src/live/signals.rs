@@ -329,6 +329,58 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The ready addresses of a Service's Endpoints, from the Kubernetes API.
+pub struct Endpoints {
+    api: kube::Api<k8s_openapi::api::core::v1::Endpoints>,
+    service: String,
+    port: u16,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl Endpoints {
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        service: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Endpoints {
+        Endpoints {
+            api: kube::Api::namespaced(client, namespace),
+            service: service.to_owned(),
+            port,
+            timeout,
+        }
+    }
+
+    /// `ip:port` of every ready address (not-ready ones are left out: they
+    /// count as stale against the actuator's replica count).
+    pub async fn targets(&self) -> Result<Vec<String>, String> {
+        let e = tokio::time::timeout(self.timeout, self.api.get(&self.service))
+            .await
+            .map_err(|_| "the API server did not answer in time".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let mut targets: Vec<String> = e
+            .subsets
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|s| s.addresses.unwrap_or_default())
+            .map(|a| format!("{}:{}", a.ip, self.port))
+            .collect();
+        targets.sort();
+        targets.dedup();
+        Ok(targets)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
