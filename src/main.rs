@@ -84,6 +84,11 @@ enum Command {
         common: Common,
         #[command(flatten)]
         store: StoreArgs,
+        /// Apply nothing: wait up to SECS for another process (a migration
+        /// Job) to bring the PostgreSQL schema up to date; exit 0 when it
+        /// is, 1 when the time runs out (for init containers).
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
     },
     /// The autoscaler: its simulator and the live sidecar.
     Autoscale {
@@ -551,10 +556,22 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             }
             runtime(1)?.block_on(apikey(&config, mode, action))
         }
-        Command::Migrate { common, store } => {
+        Command::Migrate {
+            common,
+            store,
+            wait,
+        } => {
             let (config, mode) = load(&common, |c| apply_store(c, &store))?;
             if let Some(code) = checked(common.check) {
                 return Ok(code);
+            }
+            if let Some(secs) = wait {
+                if mode != StorageMode::Distributed {
+                    return Err(Failure::Config(ConfigError::Invalid(
+                        "--wait is for PostgreSQL (--postgres-url); SQLite is migrated by the process that opens it".into(),
+                    )));
+                }
+                return runtime(1)?.block_on(wait_for_schema(&config, secs));
             }
             runtime(1)?.block_on(async {
                 open_store(&config, mode).await?;
@@ -881,6 +898,29 @@ fn one_shot(sqlite: &edgelink_core::config::SqliteConfig) -> edgelink_core::conf
     let mut s = sqlite.clone();
     s.timeout_ms = s.timeout_ms.max(30_000);
     s
+}
+
+/// Polls until the PostgreSQL schema is current (`migrate --wait`).
+async fn wait_for_schema(config: &Config, secs: u64) -> Result<ExitCode, Failure> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let pg = PgStore::connect(&config.postgres)
+        .await
+        .map_err(|e| Failure::Run(anyhow::anyhow!("postgres: {e}")))?;
+    loop {
+        match pg.schema_current().await {
+            Ok(true) => {
+                println!("schema is current");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(false) => tracing::info!("schema not current yet: waiting for the migration"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the schema version yet"),
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!("edgelink: the schema was not brought up to date within {secs} s");
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 async fn open_store(config: &Config, mode: StorageMode) -> anyhow::Result<Arc<dyn LinkStore>> {

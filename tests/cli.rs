@@ -1005,3 +1005,27 @@ fn autoscale_simulate_reports_every_policy_as_json() {
         .arg(&trace));
     assert_eq!(bad.status.code(), Some(64));
 }
+
+#[test]
+fn migrate_wait_returns_once_another_process_has_migrated() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(TestDb::create());
+    let out = run(edgelink().args(["migrate", "--wait", "1", "--postgres-url", &db.url]));
+    assert_eq!(out.status.code(), Some(1), "nothing migrated it: {out:?}");
+    let mut waiting = edgelink()
+        .args(["migrate", "--wait", "30", "--postgres-url", &db.url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "still waiting");
+    let out = run(edgelink().args(["migrate", "--postgres-url", &db.url]));
+    assert!(out.status.success(), "{out:?}");
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema is current"));
+    let out = run(edgelink().args(["migrate", "--wait", "5", "--sqlite", "x.db"]));
+    assert_eq!(out.status.code(), Some(64), "--wait is for PostgreSQL: {out:?}");
+    drop(db);
+}

@@ -188,6 +188,41 @@ impl PgStore {
         .await
     }
 
+    /// Whether every migration this binary knows is applied (`false` also
+    /// when the migrations table does not exist yet). On a connection of
+    /// its own: pooled ones prepare statements on tables that may not
+    /// exist yet.
+    pub async fn schema_current(&self) -> Result<bool, StoreError> {
+        let latest = migrate::POSTGRES.last().map_or(0, |m| m.version);
+        with_timeout(NAME, self.timeout, async {
+            let (client, conn) = self.config.connect(NoTls).await.map_err(pg_err)?;
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let exists: bool = client
+                .query_one("SELECT to_regclass('edgelink_migrations') IS NOT NULL", &[])
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            let version: i32 = if exists {
+                client
+                    .query_one(
+                        "SELECT coalesce(max(version), 0) FROM edgelink_migrations",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_err)?
+                    .get(0)
+            } else {
+                0
+            };
+            drop(client);
+            let _ = driver.await;
+            Ok(version >= latest)
+        })
+        .await
+    }
+
     /// Runs `f` on a pooled connection within `budget` (checkout
     /// included); a connection whose call runs out of time is discarded.
     async fn with_conn<T>(
