@@ -23,6 +23,8 @@ use super::config::ActuatorConfig;
 /// One of the actuators.
 #[derive(Debug)]
 pub enum Actuator {
+    /// Shadow mode: this many replicas, never changed.
+    Observe(u32),
     Process(ProcessFleet),
     Kubernetes(Kubernetes),
     Command(CommandActuator),
@@ -55,6 +57,7 @@ impl Actuator {
                     state_dir,
                 )?)
             }
+            ActuatorConfig::Observe { replicas } => Actuator::Observe(*replicas),
             ActuatorConfig::Kubernetes {
                 namespace,
                 deployment,
@@ -76,6 +79,7 @@ impl Actuator {
     /// Replicas running or starting, as the actuator sees them.
     pub async fn current(&mut self) -> Result<u32, String> {
         match self {
+            Actuator::Observe(n) => Ok(*n),
             Actuator::Process(p) => Ok(p.current()),
             Actuator::Kubernetes(k) => k.current().await,
             Actuator::Command(c) => c.current().await,
@@ -85,6 +89,9 @@ impl Actuator {
     /// Changes the count to `n`; the count after.
     pub async fn scale(&mut self, n: u32) -> Result<u32, String> {
         match self {
+            Actuator::Observe(current) => Err(format!(
+                "observe only: would scale {current} -> {n}, the fleet is not changed"
+            )),
             Actuator::Process(p) => p.scale(n).await,
             Actuator::Kubernetes(k) => k.scale(n).await,
             Actuator::Command(c) => c.scale(n).await,
@@ -101,6 +108,7 @@ impl Actuator {
 
     pub fn name(&self) -> &'static str {
         match self {
+            Actuator::Observe(_) => "observe",
             Actuator::Process(_) => "process",
             Actuator::Kubernetes(_) => "kubernetes",
             Actuator::Command(_) => "command",

@@ -135,6 +135,9 @@ pub enum ActuatorConfig {
         #[serde(default)]
         api_url: Option<String>,
     },
+    /// Shadow mode: a fleet of a fixed `replicas` that is never changed;
+    /// the decision log and metrics say what the policy would do.
+    Observe { replicas: u32 },
     /// Runs `command` with `{replicas}` replaced by the desired count;
     /// `current_command` prints the current count on stdout.
     Command {
@@ -154,9 +157,12 @@ pub enum LeaseConfig {
     /// No lease: run one autoscaler only.
     #[default]
     None,
-    /// A PostgreSQL session advisory lock on `key`.
+    /// A PostgreSQL session advisory lock on `key`. Without `url`, the
+    /// URL is `EDGELINK_POSTGRES_URL` from the environment (as for the
+    /// other roles: credentials stay out of the file).
     Postgres {
-        url: String,
+        #[serde(default)]
+        url: Option<String>,
         #[serde(default = "default_lock_key")]
         key: i64,
     },
@@ -190,10 +196,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
+        if let LeaseConfig::Postgres {
+            url: url @ None, ..
+        } = &mut config.lease
+        {
+            *url = std::env::var("EDGELINK_POSTGRES_URL").ok();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -246,6 +258,9 @@ impl Config {
             }
             _ => {}
         }
+        if let LeaseConfig::Postgres { url: None, .. } = &self.lease {
+            return bad("lease.url, or EDGELINK_POSTGRES_URL in the environment, is required");
+        }
         match &self.actuator {
             ActuatorConfig::Process {
                 args,
@@ -268,6 +283,11 @@ impl Config {
                 }
                 if !command.iter().any(|a| a.contains("{replicas}")) {
                     return bad("actuator.command must contain {replicas}");
+                }
+            }
+            ActuatorConfig::Observe { replicas } => {
+                if *replicas == 0 {
+                    return bad("actuator.replicas must be at least 1");
                 }
             }
             ActuatorConfig::Kubernetes {

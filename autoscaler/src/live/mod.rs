@@ -426,7 +426,11 @@ impl Autoscaler {
             action: None,
         };
         if desired != current {
-            d.action = Some(self.act(now, current, desired, &d.layer).await);
+            d.action = Some(if matches!(self.actuator, Actuator::Observe(_)) {
+                format!("would scale {current} -> {desired} (observe only)")
+            } else {
+                self.act(now, current, desired, &d.layer).await
+            });
         }
         self.log(&d);
         self.save_history(now);
@@ -527,9 +531,11 @@ pub async fn run(
     }
     let lease = match &config.lease {
         LeaseConfig::None => Lease::None,
-        LeaseConfig::Postgres { url, key } => {
-            Lease::Postgres(Box::new(PgLease::new(url, *key, timeout)))
-        }
+        LeaseConfig::Postgres { url, key } => Lease::Postgres(Box::new(PgLease::new(
+            url.as_deref().unwrap_or_default(),
+            *key,
+            timeout,
+        ))),
     };
     let prometheus = match &config.signals {
         SignalsConfig::Prometheus { url, .. } => Some(Prometheus::new(url, timeout)),
