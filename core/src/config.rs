@@ -89,6 +89,11 @@ pub struct ServerConfig {
     /// On shutdown, `/readyz` answers 503 for this long before the listeners
     /// stop accepting, so load balancers take the node out first.
     pub shutdown_grace_ms: u64,
+    /// Whether `/readyz` answers 503 while the source of truth is down.
+    /// `false` where every edge shares that source (Kubernetes readiness):
+    /// failing them all at once would take away the stale-if-error answers
+    /// they can still give; they then say 200 `degraded`.
+    pub ready_needs_source: bool,
 }
 
 /// How the edge spreads connections over threads.
@@ -546,6 +551,7 @@ impl Default for ServerConfig {
             h2_max_concurrent_streams: 256,
             drain_timeout_ms: 10_000,
             shutdown_grace_ms: 0,
+            ready_needs_source: true,
         }
     }
 }

@@ -214,6 +214,8 @@ struct App {
     access: Option<access::AccessLog>,
     /// `analytics.enabled` (reloadable).
     counting: Arc<AtomicBool>,
+    /// `server.ready_needs_source`.
+    ready_needs_source: bool,
 }
 
 /// Serves the edge on `listeners` until `shutdown` is cancelled, then drains
@@ -280,6 +282,7 @@ pub async fn run_with(
         tracer: edgelink_core::trace::Tracer::start(&config.tracing, "edgelink-edge"),
         access: access::AccessLog::open(&config.access_log, metrics.access_log_dropped.clone())?,
         counting: Arc::new(AtomicBool::new(config.analytics.enabled)),
+        ready_needs_source: config.server.ready_needs_source,
     });
     let flusher = clicks::Flusher::new(
         app.resolver.index().clone(),
@@ -831,7 +834,8 @@ impl App {
 
     /// 200 when the source of truth answers (`degraded` in the body when the
     /// shared cache does not, or a breaker is not closed), 503 when it does
-    /// not or while draining. Each backend's ping goes through its breaker,
+    /// not (unless `server.ready_needs_source` is off: 200 `degraded`) or
+    /// while draining. Each backend's ping goes through its breaker,
     /// so an open one is reported at once (and a half-open one probed).
     async fn ready(&self) -> Response<Body> {
         if self.draining.load(Ordering::Relaxed) {
@@ -858,7 +862,10 @@ impl App {
             breakers.insert(name.to_owned(), state.name().into());
         }
         let (status, word) = match (&tier2, &tier1) {
-            (Err(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (Err(_), _) if self.ready_needs_source => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            (Err(_), _) => (StatusCode::OK, "degraded"),
             (Ok(()), Some(Err(_))) => (StatusCode::OK, "degraded"),
             (Ok(()), _) if any_open => (StatusCode::OK, "degraded"),
             (Ok(()), _) => (StatusCode::OK, "ready"),

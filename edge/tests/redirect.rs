@@ -377,7 +377,7 @@ async fn source_of_truth_down_means_503_with_retry_after_and_no_caching() {
         cache: None,
         embedded: None,
     };
-    let edge = TestEdge::start(config, stores).await;
+    let edge = TestEdge::start(config.clone(), stores).await;
     for _ in 0..2 {
         let started = std::time::Instant::now();
         let r = edge.get("/anything").await;
@@ -392,6 +392,23 @@ async fn source_of_truth_down_means_503_with_retry_after_and_no_caching() {
         "failures are not cached"
     );
     assert_eq!(edge.get("/readyz").await.status, 503);
+    edge.stop().await;
+
+    // Where every edge shares that source (Kubernetes readiness), they stay
+    // in rotation, degraded, to give what tier 0 still has.
+    let pg = edgelink_core::store::postgres::PgStore::connect(&config.postgres)
+        .await
+        .unwrap();
+    config.server.ready_needs_source = false;
+    let stores = edgelink_core::Stores {
+        source: std::sync::Arc::new(pg),
+        cache: None,
+        embedded: None,
+    };
+    let edge = TestEdge::start(config, stores).await;
+    let r = edge.get("/readyz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "degraded");
     edge.stop().await;
 }
 
