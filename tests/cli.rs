@@ -1026,6 +1026,10 @@ fn migrate_wait_returns_once_another_process_has_migrated() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("schema is current"));
     let out = run(edgelink().args(["migrate", "--wait", "5", "--sqlite", "x.db"]));
-    assert_eq!(out.status.code(), Some(64), "--wait is for PostgreSQL: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "--wait is for PostgreSQL: {out:?}"
+    );
     drop(db);
 }

@@ -1,0 +1,709 @@
+//! `deploy/` checked, not just written: every kustomize overlay renders
+//! (`kubectl kustomize`, offline), every rendered object is a valid
+//! Kubernetes object (it survives a round trip through its `k8s-openapi`
+//! type, so a misspelt field fails), and the invariants hold: probes on the
+//! binary's real ports and paths, grace periods longer than the drains,
+//! the autoscaler's RBAC exactly the scale subresource, every container
+//! non-root on a read-only root filesystem, no Secret in the repository,
+//! every mounted configuration accepted by `edgelink <role> --check`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use serde_json::Value;
+
+mod support;
+
+use support::{edgelink, run};
+
+const OVERLAYS: [&str; 2] = ["dev", "prod"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `kubectl kustomize` of an overlay, as JSON values.
+fn render(overlay: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
+        .arg(root().join("deploy/k8s/overlays").join(overlay))
+        .output()
+        .expect("kubectl is needed to render deploy/k8s (.ci/run installs it)");
+    assert!(out.status.success(), "{overlay}: {out:?}");
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    serde_saphyr::from_multiple::<Value>(&yaml)
+        .unwrap()
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// `value` deserialised as `T` and serialised back still has all of
+/// `value`: no unknown (misspelt) field, no wrong type.
+fn round_trips<T: serde::de::DeserializeOwned + serde::Serialize>(what: &str, value: &Value) -> T {
+    let typed: T = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{what}: not a valid object: {e}"));
+    let back = serde_json::to_value(&typed).unwrap();
+    if let Err(at) = kept(value, &back, String::new()) {
+        panic!("{what}: {at} lost in a round trip through its type (misspelt or misplaced?)");
+    }
+    typed
+}
+
+/// Whether everything in `original` is in `back` (a type may add its own
+/// defaults, such as `kind` on embedded objects): the path of the first
+/// field that is not.
+fn kept(original: &Value, back: &Value, at: String) -> Result<(), String> {
+    match (original, back) {
+        (Value::Object(o), Value::Object(b)) => {
+            for (k, v) in o {
+                let next = format!("{at}.{k}");
+                kept(v, b.get(k).ok_or_else(|| next.clone())?, next)?;
+            }
+            Ok(())
+        }
+        (Value::Array(o), Value::Array(b)) if o.len() == b.len() => o
+            .iter()
+            .zip(b)
+            .enumerate()
+            .try_for_each(|(i, (o, b))| kept(o, b, format!("{at}[{i}]"))),
+        (o, b) if o == b => Ok(()),
+        _ => Err(at),
+    }
+}
+
+fn check_type(v: &Value) {
+    use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let kind = v["kind"].as_str().unwrap();
+    let what = format!("{kind}/{}", v["metadata"]["name"].as_str().unwrap());
+    match kind {
+        "Deployment" => drop(round_trips::<Deployment>(&what, v)),
+        "StatefulSet" => drop(round_trips::<StatefulSet>(&what, v)),
+        "Job" => drop(round_trips::<Job>(&what, v)),
+        "Service" => drop(round_trips::<Service>(&what, v)),
+        "ConfigMap" => drop(round_trips::<ConfigMap>(&what, v)),
+        "Role" => drop(round_trips::<Role>(&what, v)),
+        "RoleBinding" => drop(round_trips::<RoleBinding>(&what, v)),
+        "ServiceAccount" => drop(round_trips::<ServiceAccount>(&what, v)),
+        "NetworkPolicy" => drop(round_trips::<NetworkPolicy>(&what, v)),
+        "PodDisruptionBudget" => drop(round_trips::<PodDisruptionBudget>(&what, v)),
+        "Namespace" => drop(round_trips::<Namespace>(&what, v)),
+        other => panic!("{what}: a kind this test does not check: {other}"),
+    }
+}
+
+/// Pod specs by workload name.
+fn pods(objects: &[Value]) -> BTreeMap<String, PodSpec> {
+    let mut out = BTreeMap::new();
+    for v in objects {
+        let name = v["metadata"]["name"].as_str().unwrap().to_owned();
+        let spec = match v["kind"].as_str().unwrap() {
+            "Deployment" => {
+                serde_json::from_value::<Deployment>(v.clone())
+                    .unwrap()
+                    .spec
+                    .template
+                    .spec
+            }
+            "StatefulSet" => {
+                serde_json::from_value::<StatefulSet>(v.clone())
+                    .unwrap()
+                    .spec
+                    .template
+                    .spec
+            }
+            "Job" => serde_json::from_value::<Job>(v.clone())
+                .unwrap()
+                .spec
+                .and_then(|s| s.template.spec),
+            _ => continue,
+        };
+        out.insert(name, spec.unwrap());
+    }
+    out
+}
+
+/// The mounted configuration files (`edgelink-config` ConfigMap).
+fn configs(objects: &[Value]) -> BTreeMap<String, String> {
+    let cm = objects
+        .iter()
+        .find(|v| {
+            v["kind"] == "ConfigMap"
+                && v["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("edgelink-config")
+        })
+        .expect("the edgelink-config ConfigMap");
+    serde_json::from_value::<ConfigMap>(cm.clone())
+        .unwrap()
+        .data
+        .unwrap()
+}
+
+fn port_of(toml: &toml::Table, section: &str, key: &str) -> Option<i32> {
+    toml.get(section)?
+        .get(key)?
+        .as_str()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What each role's binary answers, by (config key of the listener, path).
+fn served(role: &str) -> Vec<(&'static str, &'static str, &'static str)> {
+    match role {
+        "edge" => vec![
+            ("server", "listen", "/healthz"),
+            ("server", "listen", "/readyz"),
+            ("server", "admin_listen", "/healthz"),
+            ("server", "admin_listen", "/metrics"),
+        ],
+        "origin" => vec![
+            ("server", "listen", "/healthz"),
+            ("server", "admin_listen", "/healthz"),
+            ("server", "admin_listen", "/metrics"),
+        ],
+        "keypool" => vec![
+            ("server", "admin_listen", "/healthz"),
+            ("server", "admin_listen", "/metrics"),
+        ],
+        "autoscale" => vec![
+            ("autoscaler", "admin_listen", "/healthz"),
+            ("autoscaler", "admin_listen", "/metrics"),
+            ("autoscaler", "admin_listen", "/status"),
+        ],
+        _ => vec![],
+    }
+}
+
+/// Defaults of the listeners a config file leaves out.
+fn default_port(section: &str, key: &str) -> i32 {
+    match (section, key) {
+        ("server", "listen") => 8080,
+        ("server", "admin_listen") => 9090,
+        ("autoscaler", "admin_listen") => 9095,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn every_overlay_renders_into_valid_objects_that_keep_the_invariants() {
+    for overlay in OVERLAYS {
+        let objects = render(overlay);
+        assert!(objects.len() > 10, "{overlay}: {} objects", objects.len());
+        for v in &objects {
+            check_type(v);
+            assert_ne!(v["kind"], "Secret", "{overlay}: a Secret in the repository");
+            assert!(
+                !["ClusterRole", "ClusterRoleBinding"].contains(&v["kind"].as_str().unwrap()),
+                "{overlay}: cluster-wide RBAC"
+            );
+        }
+        let configs = configs(&objects);
+        let pods = pods(&objects);
+        for (name, pod) in &pods {
+            let what = format!("{overlay}: {name}");
+            let pod_ctx = pod.security_context.clone().unwrap_or_default();
+            for c in pod
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(pod.containers.iter())
+            {
+                let sc = c.security_context.clone().unwrap_or_default();
+                let non_root = sc.run_as_non_root.or(pod_ctx.run_as_non_root) == Some(true)
+                    && sc.run_as_user.or(pod_ctx.run_as_user).unwrap_or(0) != 0;
+                assert!(non_root, "{what}/{}: not non-root", c.name);
+                assert_eq!(
+                    sc.read_only_root_filesystem,
+                    Some(true),
+                    "{what}/{}",
+                    c.name
+                );
+                assert_eq!(
+                    sc.allow_privilege_escalation,
+                    Some(false),
+                    "{what}/{}",
+                    c.name
+                );
+                assert!(
+                    c.resources
+                        .as_ref()
+                        .and_then(|r| r.limits.as_ref())
+                        .is_some(),
+                    "{what}/{}: no limits",
+                    c.name
+                );
+                for e in c.env.iter().flatten() {
+                    if let Some(s) = e
+                        .value_from
+                        .as_ref()
+                        .and_then(|f| f.secret_key_ref.as_ref())
+                    {
+                        assert_eq!(s.name, "edgelink-secrets", "{what}: {}", e.name);
+                        assert!(
+                            SECRET_KEYS.contains(&s.key.as_str()),
+                            "{what}: secret key {} is not in deploy/README.md's list",
+                            s.key
+                        );
+                    }
+                }
+            }
+            // The EdgeLink containers: their config, probes and grace.
+            for c in &pod.containers {
+                let image = c.image.clone().unwrap_or_default();
+                if !image.starts_with("localhost/edgelink:") {
+                    continue;
+                }
+                let args = c.args.clone().unwrap_or_default();
+                let role = args[0].as_str();
+                if role == "migrate" {
+                    continue; // a one-shot Job: no listener, no config file
+                }
+                let file = args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("/etc/edgelink/"))
+                    .unwrap_or_else(|| panic!("{what}: no mounted config"));
+                let text = configs
+                    .get(file)
+                    .unwrap_or_else(|| panic!("{what}: {file} is not in the ConfigMap"));
+                let toml: toml::Table = text.parse().unwrap();
+                // Every probe is a path the binary answers on the port its config listens on.
+                let ports: BTreeMap<String, i32> = c
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+                    .collect();
+                let answers: BTreeSet<(i32, &str)> = served(role)
+                    .into_iter()
+                    .map(|(s, k, path)| {
+                        (
+                            port_of(&toml, s, k).unwrap_or_else(|| default_port(s, k)),
+                            path,
+                        )
+                    })
+                    .collect();
+                for probe in [&c.readiness_probe, &c.liveness_probe]
+                    .into_iter()
+                    .flatten()
+                {
+                    let get = probe
+                        .http_get
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("{what}: probes are HTTP"));
+                    let port = match &get.port {
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => *p,
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(n) => {
+                            *ports
+                                .get(n)
+                                .unwrap_or_else(|| panic!("{what}: no port named {n}"))
+                        }
+                    };
+                    let path = get.path.clone().unwrap_or_default();
+                    assert!(
+                        answers.contains(&(port, path.as_str())),
+                        "{what}: probe {path} on {port}, but {role} answers {answers:?}"
+                    );
+                }
+                // The grace period outlasts preStop and the drain.
+                let server = toml.get("server");
+                let ms = |k: &str| {
+                    server
+                        .and_then(|s| s.get(k))
+                        .and_then(toml::Value::as_integer)
+                        .unwrap_or(match k {
+                            "drain_timeout_ms" => 10_000,
+                            _ => 0,
+                        })
+                };
+                let pre_stop = c
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| l.pre_stop.as_ref())
+                    .and_then(|h| h.sleep.as_ref())
+                    .map_or(0, |s| s.seconds);
+                let needed = pre_stop * 1000 + ms("drain_timeout_ms") + ms("shutdown_grace_ms");
+                let grace = pod.termination_grace_period_seconds.unwrap_or(30) * 1000;
+                assert!(
+                    grace > needed,
+                    "{what}: grace {grace} ms <= {needed} ms of preStop and drain"
+                );
+            }
+        }
+        // The edge: readiness on /readyz, a preStop, a PDB, spread.
+        let edge = &pods["edge"];
+        let c = &edge.containers[0];
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert!(c.lifecycle.as_ref().unwrap().pre_stop.is_some());
+        assert!(edge.topology_spread_constraints.is_some() && edge.affinity.is_some());
+        assert!(objects.iter().any(|v| v["kind"] == "PodDisruptionBudget"));
+        // Migrations: a Job, and every app waits for them.
+        assert!(pods.contains_key("edgelink-migrate"));
+        for app in ["edge", "origin", "keypool"] {
+            let init = pods[app].init_containers.clone().unwrap_or_default();
+            assert!(
+                init.iter().any(|c| c
+                    .args
+                    .clone()
+                    .unwrap_or_default()
+                    .starts_with(&["migrate".into(), "--wait".into()])),
+                "{overlay}: {app} does not wait for the migrations"
+            );
+        }
+        check_autoscaler_rbac(overlay, &objects, &pods, &configs);
+        check_network_policies(overlay, &objects);
+    }
+}
+
+/// The secret keys deploy/README.md tells operators to create.
+const SECRET_KEYS: [&str; 6] = [
+    "postgres-url",
+    "redis-url",
+    "admin-token",
+    "bootstrap-api-key",
+    "postgres-password",
+    "grafana-admin-password",
+];
+
+fn check_autoscaler_rbac(
+    overlay: &str,
+    objects: &[Value],
+    pods: &BTreeMap<String, PodSpec>,
+    configs: &BTreeMap<String, String>,
+) {
+    let sa = pods["autoscaler"].service_account_name.clone().unwrap();
+    let bindings: Vec<RoleBinding> = objects
+        .iter()
+        .filter(|v| v["kind"] == "RoleBinding")
+        .map(|v| serde_json::from_value(v.clone()).unwrap())
+        .filter(|b: &RoleBinding| {
+            b.subjects
+                .iter()
+                .flatten()
+                .any(|s| s.kind == "ServiceAccount" && s.name == sa)
+        })
+        .collect();
+    assert_eq!(bindings.len(), 1, "{overlay}: one binding for {sa}");
+    let role_name = &bindings[0].role_ref.name;
+    let role: Role = objects
+        .iter()
+        .filter(|v| v["kind"] == "Role" && v["metadata"]["name"] == role_name.as_str())
+        .map(|v| serde_json::from_value(v.clone()).unwrap())
+        .next()
+        .unwrap();
+    let autoscaler: toml::Table = configs["autoscaler.toml"].parse().unwrap();
+    let deployment = autoscaler["actuator"]["deployment"].as_str().unwrap();
+    let rules = role.rules.unwrap();
+    assert_eq!(
+        rules.len(),
+        1,
+        "{overlay}: the autoscaler's Role has one rule: {rules:?}"
+    );
+    let r = &rules[0];
+    assert_eq!(r.api_groups.as_deref(), Some(&["apps".to_owned()][..]));
+    assert_eq!(
+        r.resources.as_deref(),
+        Some(&["deployments/scale".to_owned()][..])
+    );
+    assert_eq!(
+        r.resource_names.as_deref(),
+        Some(&[deployment.to_owned()][..])
+    );
+    let verbs: BTreeSet<&str> = r.verbs.iter().map(String::as_str).collect();
+    assert_eq!(verbs, BTreeSet::from(["get", "patch"]));
+    // Only the autoscaler gets a token.
+    for (name, pod) in pods {
+        if pod.service_account_name.is_none() {
+            assert_eq!(
+                pod.automount_service_account_token,
+                Some(false),
+                "{overlay}: {name}"
+            );
+        }
+    }
+}
+
+fn check_network_policies(overlay: &str, objects: &[Value]) {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let policies: Vec<NetworkPolicy> = objects
+        .iter()
+        .filter(|v| v["kind"] == "NetworkPolicy")
+        .map(|v| serde_json::from_value(v.clone()).unwrap())
+        .collect();
+    let selected = |p: &NetworkPolicy, app: &str| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.pod_selector.as_ref())
+            .and_then(|s| s.match_labels.as_ref())
+            .and_then(|l| l.get("app.kubernetes.io/name"))
+            .is_some_and(|n| n == app)
+    };
+    let origin = policies
+        .iter()
+        .find(|p| selected(p, "edgelink-origin"))
+        .unwrap_or_else(|| panic!("{overlay}: no policy for the origin"));
+    // The origin's public port only from the edge.
+    for rule in origin.spec.as_ref().unwrap().ingress.iter().flatten() {
+        let ports: Vec<_> = rule
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port.clone())
+            .collect();
+        let from: Vec<String> = rule
+            .from
+            .iter()
+            .flatten()
+            .filter_map(|f| {
+                f.pod_selector
+                    .as_ref()?
+                    .match_labels
+                    .as_ref()?
+                    .get("app.kubernetes.io/name")
+                    .cloned()
+            })
+            .collect();
+        if ports.contains(&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8081)) {
+            assert_eq!(from, ["edgelink-edge"], "{overlay}");
+        }
+        assert!(!from.is_empty(), "{overlay}: an origin rule open to all");
+    }
+}
+
+#[test]
+fn every_mounted_config_passes_check() {
+    for overlay in OVERLAYS {
+        let objects = render(overlay);
+        let configs = configs(&objects);
+        let dir = tempfile::tempdir().unwrap();
+        for (file, text) in &configs {
+            let path = dir.path().join(file);
+            std::fs::write(&path, text).unwrap();
+            let role = file.trim_end_matches(".toml");
+            let mut cmd = edgelink();
+            if role == "autoscaler" {
+                cmd.args(["autoscale", "run", "--check", "--config"]);
+            } else {
+                cmd.args([role, "--check", "--config"]);
+            }
+            let out = run(cmd
+                .arg(&path)
+                .env(
+                    "EDGELINK_POSTGRES_URL",
+                    "postgres://edgelink@postgres:5432/edgelink",
+                )
+                .env("EDGELINK_REDIS_URL", "redis://redis:6379/0"));
+            assert!(out.status.success(), "{overlay}: {file}: {out:?}");
+        }
+    }
+}
+
+/// The role a config file is for (by its name) and how to check it.
+fn check_config(path: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let role = path.file_stem().unwrap().to_str().unwrap();
+    let mut cmd = edgelink();
+    if role == "autoscaler" {
+        cmd.args(["autoscale", "run", "--check", "--config"]);
+    } else {
+        cmd.args([role, "--check", "--config"]);
+    }
+    cmd.arg(path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn systemd_units_verify_and_are_hardened_and_their_configs_pass_check() {
+    let dir = root().join("deploy/systemd");
+    let staged = tempfile::tempdir().unwrap();
+    let mut units = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if !name.ends_with(".service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let has = |line: &str| text.lines().any(|l| l.trim() == line);
+        for line in [
+            "DynamicUser=yes",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+        ] {
+            assert!(has(line), "{name}: no {line}");
+        }
+        let oneshot = has("Type=oneshot");
+        if !oneshot {
+            assert!(has("Restart=always"), "{name}: no restart policy");
+            assert!(text.contains("\nLimitNOFILE="), "{name}: no LimitNOFILE");
+        }
+        // Binding ports below 1024 is for the units that run edges only.
+        let binds = text.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE");
+        assert_eq!(
+            binds,
+            name == "edgelink-edge.service" || name == "edgelink-autoscaler.service",
+            "{name}: CAP_NET_BIND_SERVICE"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("AmbientCapabilities=")
+                && l != "AmbientCapabilities=CAP_NET_BIND_SERVICE"),
+            "{name}: another capability"
+        );
+        // Every config a unit names is in deploy/systemd and passes --check.
+        for word in text.split_whitespace() {
+            if let Some(file) = word.strip_prefix("/etc/edgelink/") {
+                if file.ends_with(".toml") {
+                    let out = check_config(
+                        &dir.join(file),
+                        &[
+                            (
+                                "EDGELINK_POSTGRES_URL",
+                                "postgres://edgelink@10.0.0.31/edgelink",
+                            ),
+                            ("EDGELINK_REDIS_URL", "redis://10.0.0.32:6379/0"),
+                        ],
+                    );
+                    assert!(out.status.success(), "{name}: {file}: {out:?}");
+                }
+            }
+        }
+        // Staged for systemd-analyze: the built binary instead of the
+        // installed one, and the secrets file optional (it is not here).
+        let staged_text = text
+            .replace("/usr/local/bin/edgelink", env!("CARGO_BIN_EXE_edgelink"))
+            .replace("EnvironmentFile=/etc", "EnvironmentFile=-/etc");
+        std::fs::write(staged.path().join(&name), staged_text).unwrap();
+        units.push(name);
+    }
+    assert_eq!(units.len(), 5, "{units:?}");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(units.iter().map(|u| staged.path().join(u)))
+        .output()
+        .expect("systemd-analyze is needed (.ci/run installs systemd)");
+    // Unknown or misspelt directives are only warnings: fail on any output.
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_compose_file_parses_and_runs_only_what_the_repo_builds() {
+    let deploy = root().join("deploy");
+    let text = std::fs::read_to_string(deploy.join("compose.yaml")).unwrap();
+    let compose: Value = serde_saphyr::from_str(&text).unwrap();
+    let services = compose["services"].as_object().unwrap();
+    let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
+    for want in [
+        "edge-1",
+        "edge-2",
+        "origin",
+        "keypool",
+        "autoscaler",
+        "postgres",
+        "redis",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(names.contains(want), "no {want} in compose.yaml");
+    }
+    let containerfile = std::fs::read_to_string(deploy.join("Containerfile")).unwrap();
+    assert!(
+        containerfile.contains("USER 65532"),
+        "the image runs as non-root"
+    );
+    for (name, s) in services {
+        let image = s["image"].as_str().unwrap_or_default();
+        if image.starts_with("localhost/edgelink") {
+            // Built here, from deploy/Containerfile, running a real role.
+            assert_eq!(s["build"]["dockerfile"], "deploy/Containerfile", "{name}");
+            assert_eq!(s["build"]["context"], "..", "{name}");
+            assert_eq!(s["user"], "65532:65532", "{name}");
+            assert_eq!(s["read_only"], true, "{name}");
+            let command: Vec<&str> = s["command"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+            // The subcommand words, then --help: a real command of the binary.
+            let words: Vec<&str> = command
+                .iter()
+                .copied()
+                .take_while(|w| !w.starts_with('-'))
+                .collect();
+            let mut help = edgelink();
+            help.args(&words).arg("--help");
+            let out = run(&mut help);
+            assert!(
+                out.status.success(),
+                "{name}: {command:?} is not a command of edgelink: {out:?}"
+            );
+            let env: Vec<(String, String)> = s["environment"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            for v in s["volumes"].as_array().into_iter().flatten() {
+                let source = v.as_str().unwrap().split(':').next().unwrap();
+                if let Some(rel) = source.strip_prefix("./") {
+                    let path = deploy.join(rel);
+                    assert!(path.exists(), "{name}: {source} is not in deploy/");
+                    if rel.ends_with(".toml") {
+                        let out = check_config(&path, &env);
+                        assert!(out.status.success(), "{name}: {rel}: {out:?}");
+                    }
+                }
+            }
+        } else {
+            // Others' images, pinned to a version.
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest",
+                "{name}: {image} is not pinned"
+            );
+            for v in s["volumes"].as_array().into_iter().flatten() {
+                let source = v.as_str().unwrap().split(':').next().unwrap();
+                if let Some(rel) = source.strip_prefix("./") {
+                    assert!(
+                        deploy.join(rel).exists(),
+                        "{name}: {source} is not in deploy/"
+                    );
+                }
+            }
+        }
+    }
+}
