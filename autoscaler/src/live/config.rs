@@ -166,6 +166,29 @@ pub enum LeaseConfig {
         #[serde(default = "default_lock_key")]
         key: i64,
     },
+    /// A `coordination.k8s.io/v1` Lease in `namespace`, held by `identity`
+    /// (default: `$HOSTNAME`, the pod's name) and taken over by another
+    /// once unrenewed for `duration_secs` (at least three evaluations).
+    Kubernetes {
+        namespace: String,
+        #[serde(default = "default_lease_name")]
+        name: String,
+        #[serde(default)]
+        identity: Option<String>,
+        #[serde(default = "default_lease_secs")]
+        duration_secs: u64,
+        /// API server URL; in-cluster configuration when absent.
+        #[serde(default)]
+        api_url: Option<String>,
+    },
+}
+
+fn default_lease_name() -> String {
+    "edgelink-autoscaler".to_owned()
+}
+
+fn default_lease_secs() -> u64 {
+    60
 }
 
 fn default_lock_key() -> i64 {
@@ -200,11 +223,19 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        if let LeaseConfig::Postgres {
-            url: url @ None, ..
-        } = &mut config.lease
-        {
-            *url = std::env::var("EDGELINK_POSTGRES_URL").ok();
+        match &mut config.lease {
+            LeaseConfig::Postgres {
+                url: url @ None, ..
+            } => {
+                *url = std::env::var("EDGELINK_POSTGRES_URL").ok();
+            }
+            LeaseConfig::Kubernetes {
+                identity: identity @ None,
+                ..
+            } => {
+                *identity = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty());
+            }
+            _ => {}
         }
         config.validate()?;
         Ok(config)
@@ -258,8 +289,28 @@ impl Config {
             }
             _ => {}
         }
-        if let LeaseConfig::Postgres { url: None, .. } = &self.lease {
-            return bad("lease.url, or EDGELINK_POSTGRES_URL in the environment, is required");
+        match &self.lease {
+            LeaseConfig::Postgres { url: None, .. } => {
+                return bad("lease.url, or EDGELINK_POSTGRES_URL in the environment, is required");
+            }
+            LeaseConfig::Kubernetes {
+                namespace,
+                name,
+                identity,
+                duration_secs,
+                ..
+            } => {
+                if namespace.is_empty() || name.is_empty() {
+                    return bad("lease: namespace and name must not be empty");
+                }
+                if identity.as_deref().is_none_or(str::is_empty) {
+                    return bad("lease.identity, or HOSTNAME in the environment, is required");
+                }
+                if *duration_secs < 3 * s.interval_secs {
+                    return bad("lease.duration_secs must be at least three interval_secs");
+                }
+            }
+            _ => {}
         }
         match &self.actuator {
             ActuatorConfig::Process {

@@ -1,11 +1,17 @@
-//! One active autoscaler: a PostgreSQL session advisory lock held on a
-//! connection of its own. The lock is the session's, so it goes when the
-//! holder's connection does (a crash, a kill, a partition the server
-//! notices); a passive replica takes it on its next try.
+//! One active autoscaler, by either of two leases.
 //!
-//! The holder checks its connection every evaluation and stops acting the
-//! moment the check fails: it may then be passive while PostgreSQL still
-//! holds its old session for a while, never active alongside another.
+//! - [`PgLease`]: a PostgreSQL session advisory lock held on a connection
+//!   of its own. The lock is the session's, so it goes when the holder's
+//!   connection does (a crash, a kill, a partition the server notices); a
+//!   passive replica takes it on its next try. The holder checks its
+//!   connection every evaluation and stops acting the moment the check
+//!   fails: it may then be passive while PostgreSQL still holds its old
+//!   session for a while, never active alongside another.
+//! - [`KubeLease`]: a `coordination.k8s.io/v1` Lease, as Kubernetes'
+//!   controllers elect a leader: the holder renews it every evaluation
+//!   (an optimistic-concurrency replace, so two writers cannot both win);
+//!   another takes it over only once it has gone unrenewed for its
+//!   duration, which must be several evaluation intervals.
 
 use std::time::Duration;
 
@@ -16,6 +22,7 @@ pub enum Lease {
     /// No lease configured: always active.
     None,
     Postgres(Box<PgLease>),
+    Kubernetes(Box<KubeLease>),
 }
 
 impl Lease {
@@ -24,6 +31,141 @@ impl Lease {
         match self {
             Lease::None => true,
             Lease::Postgres(l) => l.hold().await,
+            Lease::Kubernetes(l) => l.hold().await,
+        }
+    }
+}
+
+/// A Kubernetes Lease object; see the module docs.
+pub struct KubeLease {
+    api: kube::Api<Lease8s>,
+    name: String,
+    identity: String,
+    duration: Duration,
+    timeout: Duration,
+    held: bool,
+}
+
+use k8s_openapi::api::coordination::v1::{Lease as Lease8s, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+
+impl std::fmt::Debug for KubeLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeLease")
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+impl KubeLease {
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+        timeout: Duration,
+    ) -> KubeLease {
+        KubeLease {
+            api: kube::Api::namespaced(client, namespace),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            duration,
+            timeout,
+            held: false,
+        }
+    }
+
+    /// Renews the lease if this autoscaler holds it, takes it if it is
+    /// free or expired; whether it holds it now. Any error: not held.
+    pub async fn hold(&mut self) -> bool {
+        let held = match tokio::time::timeout(self.timeout, self.try_hold()).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "lease: passive until the API server answers");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("lease: the API server did not answer in time: passive");
+                false
+            }
+        };
+        if held && !self.held {
+            tracing::info!(lease = %self.name, identity = %self.identity, "lease acquired: this autoscaler is active");
+        } else if !held && self.held {
+            tracing::warn!(lease = %self.name, "lease lost: passive");
+        }
+        self.held = held;
+        held
+    }
+
+    async fn try_hold(&self) -> Result<bool, kube::Error> {
+        use k8s_openapi::jiff::Timestamp;
+        let now = Timestamp::now();
+        let secs = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
+        let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.is_conflict());
+        let Some(current) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease8s {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(secs),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self
+                .api
+                .create(&kube::api::PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => Ok(true),
+                // Another replica created it first.
+                Err(e) if conflict(&e) => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        let span = spec
+            .lease_duration_seconds
+            .map_or(self.duration, |s| Duration::from_secs(s.max(0) as u64));
+        let expired = spec
+            .renew_time
+            .as_ref()
+            .is_none_or(|MicroTime(t)| now.duration_since(*t).unsigned_abs() > span && *t < now);
+        if !(ours || spec.holder_identity.is_none() || expired) {
+            return Ok(false);
+        }
+        let mut lease = current;
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(secs),
+            acquire_time: if ours {
+                spec.acquire_time
+            } else {
+                Some(MicroTime(now))
+            },
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(spec.lease_transitions.unwrap_or(0) + i32::from(!ours)),
+            ..spec
+        });
+        // The resourceVersion read above makes this a compare-and-swap.
+        match self
+            .api
+            .replace(&self.name, &kube::api::PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if conflict(&e) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
@@ -116,5 +258,126 @@ impl PgLease {
             }
         }
         self.held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use serde_json::{json, Value};
+
+    /// A loopback stand-in for the API server's Lease endpoints, with its
+    /// optimistic concurrency (a replace naming an old resourceVersion is
+    /// 409), since no real API server runs here.
+    async fn fake_lease_api() -> String {
+        let state: Arc<Mutex<(Option<Value>, u64)>> = Arc::new(Mutex::new((None, 0)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let base = "/apis/coordination.k8s.io/v1/namespaces/edgelink/leases";
+                            let method = req.method().clone();
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let mut st = state.lock().unwrap();
+                            let status = |code: u16, reason: &str| {
+                                (
+                                    code,
+                                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                    "status": "Failure", "reason": reason, "message": reason, "code": code}),
+                                )
+                            };
+                            let (code, answer) = match (method.as_str(), path.as_str()) {
+                                ("GET", p) if p == format!("{base}/edgelink-autoscaler") => {
+                                    match &st.0 {
+                                        Some(v) => (200, v.clone()),
+                                        None => status(404, "NotFound"),
+                                    }
+                                }
+                                ("POST", p) if p == base => {
+                                    if st.0.is_some() {
+                                        status(409, "AlreadyExists")
+                                    } else {
+                                        st.1 += 1;
+                                        let mut v: Value = serde_json::from_slice(&body).unwrap();
+                                        v["metadata"]["resourceVersion"] = json!(st.1.to_string());
+                                        st.0 = Some(v.clone());
+                                        (201, v)
+                                    }
+                                }
+                                ("PUT", p) if p == format!("{base}/edgelink-autoscaler") => {
+                                    let mut v: Value = serde_json::from_slice(&body).unwrap();
+                                    let stored =
+                                        st.0.as_ref()
+                                            .map(|s| s["metadata"]["resourceVersion"].clone());
+                                    if stored != Some(v["metadata"]["resourceVersion"].clone()) {
+                                        status(409, "Conflict")
+                                    } else {
+                                        st.1 += 1;
+                                        v["metadata"]["resourceVersion"] = json!(st.1.to_string());
+                                        st.0 = Some(v.clone());
+                                        (200, v)
+                                    }
+                                }
+                                _ => status(404, "NotFound"),
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(code)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(bytes::Bytes::from(answer.to_string())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        url
+    }
+
+    fn lease(url: &str, identity: &str) -> KubeLease {
+        let client = crate::live::actuator::kube_client(Some(url), Duration::from_secs(5)).unwrap();
+        KubeLease::new(
+            client,
+            "edgelink",
+            "edgelink-autoscaler",
+            identity,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_kubernetes_lease_keeps_a_second_autoscaler_passive_until_it_expires() {
+        let url = fake_lease_api().await;
+        let (mut a, mut b) = (lease(&url, "a"), lease(&url, "b"));
+        assert!(a.hold().await, "a creates the lease");
+        assert!(!b.hold().await, "b waits");
+        assert!(a.hold().await, "a renews");
+        assert!(!b.hold().await, "b still waits");
+        // a stops renewing (a crash): after the duration, b takes over.
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert!(b.hold().await, "b takes the expired lease");
+        assert!(!a.hold().await, "a, back, finds b holding it");
+        assert!(b.hold().await);
+        let got = b.api.get("edgelink-autoscaler").await.unwrap();
+        let spec = got.spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+        assert_eq!(spec.lease_transitions, Some(1));
     }
 }

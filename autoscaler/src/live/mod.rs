@@ -536,6 +536,21 @@ pub async fn run(
             *key,
             timeout,
         ))),
+        LeaseConfig::Kubernetes {
+            namespace,
+            name,
+            identity,
+            duration_secs,
+            api_url,
+        } => Lease::Kubernetes(Box::new(lease::KubeLease::new(
+            actuator::kube_client(api_url.as_deref(), timeout)
+                .map_err(|e| anyhow::anyhow!("lease: {e}"))?,
+            namespace,
+            name,
+            identity.as_deref().unwrap_or_default(),
+            Duration::from_secs(*duration_secs),
+            timeout,
+        ))),
     };
     let prometheus = match &config.signals {
         SignalsConfig::Prometheus { url, .. } => Some(Prometheus::new(url, timeout)),
