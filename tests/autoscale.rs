@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,15 +119,18 @@ fn the_process_actuator_starts_edges_that_serve_and_drains_them_lifo() {
         ("RUST_LOG".to_owned(), "warn".to_owned()),
     ];
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut fleet = ProcessFleet::open(
-        env!("CARGO_BIN_EXE_edgelink").into(),
-        edge_args(&db, public),
-        env.clone(),
-        admin_base,
-        Duration::from_secs(10),
-        dir.path(),
-    )
-    .unwrap();
+    let open = || {
+        ProcessFleet::open(
+            env!("CARGO_BIN_EXE_edgelink").into(),
+            edge_args(&db, public),
+            env.clone(),
+            admin_base,
+            Duration::from_secs(10),
+            dir.path(),
+        )
+        .unwrap()
+    };
+    let mut fleet = open();
     assert_eq!(rt.block_on(fleet.scale(2)).unwrap(), 2);
     let targets = fleet.targets();
     assert_eq!(
@@ -218,15 +220,7 @@ fn the_process_actuator_starts_edges_that_serve_and_drains_them_lifo() {
     // A restarted autoscaler adopts the running edge instead of starting
     // another.
     drop(fleet);
-    let mut again = ProcessFleet::open(
-        env!("CARGO_BIN_EXE_edgelink").into(),
-        edge_args(&db, public),
-        env.clone(),
-        admin_base,
-        Duration::from_secs(10),
-        dir.path(),
-    )
-    .unwrap();
+    let mut again = open();
     assert_eq!(again.current(), 1);
     rt.block_on(again.stop_all());
     assert_eq!(again.drained, 1);
@@ -274,17 +268,12 @@ current_command = ["cat", "{count}"]
 }
 
 fn start_autoscaler(config: &Path, admin: SocketAddr) -> Server {
-    let child = edgelink()
-        .args(["autoscale", "run", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        addr: admin,
+    let server = Server::spawn(
+        edgelink()
+            .args(["autoscale", "run", "--config"])
+            .arg(config),
         admin,
-    };
+    );
     wait_until("the autoscaler's admin listener", 20, || {
         std::net::TcpStream::connect(admin).is_ok()
     });

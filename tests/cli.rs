@@ -263,27 +263,22 @@ fn keypool_role_fills_the_pool_and_serves_its_admin_endpoint() {
     let db = rt.block_on(TestDb::create());
     let admin = free_addr();
     let token = "cli-admin-token-0123456789";
-    let child = edgelink()
-        .args([
-            "keypool",
-            "--postgres-url",
-            &db.url,
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .env("EDGELINK_ADMIN_TOKEN", token)
-        .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "1000")
-        .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "3000")
-        .env("EDGELINK_KEYPOOL_BATCH_SIZE", "1000")
-        .env("EDGELINK_KEYPOOL_CHECK_INTERVAL_MS", "50")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        addr: admin,
+    let server = Server::spawn(
+        edgelink()
+            .args([
+                "keypool",
+                "--postgres-url",
+                &db.url,
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .env("EDGELINK_ADMIN_TOKEN", token)
+            .env("EDGELINK_KEYPOOL_LOW_WATERMARK", "1000")
+            .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", "3000")
+            .env("EDGELINK_KEYPOOL_BATCH_SIZE", "1000")
+            .env("EDGELINK_KEYPOOL_CHECK_INTERVAL_MS", "50"),
         admin,
-    };
+    );
     let status = wait_for_free(admin, token, 3000);
     assert_eq!(status["backend"], "postgres");
     assert_eq!(status["high_watermark"], 3000);
@@ -545,21 +540,16 @@ fn migrated_with_keypool(db: &TestDb, keys: u64) -> Server {
     assert!(out.status.success(), "{out:?}");
     let admin_token = "cli-admin-token-0123456789";
     let admin = free_addr();
-    let child = edgelink()
-        .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
-        .arg(admin.to_string())
-        .env("EDGELINK_ADMIN_TOKEN", admin_token)
-        .env("EDGELINK_KEYPOOL_LOW_WATERMARK", (keys / 2).to_string())
-        .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", keys.to_string())
-        .env("EDGELINK_KEYPOOL_BATCH_SIZE", keys.to_string())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        addr: admin,
+    let server = Server::spawn(
+        edgelink()
+            .args(["keypool", "--postgres-url", &db.url, "--admin-listen"])
+            .arg(admin.to_string())
+            .env("EDGELINK_ADMIN_TOKEN", admin_token)
+            .env("EDGELINK_KEYPOOL_LOW_WATERMARK", (keys / 2).to_string())
+            .env("EDGELINK_KEYPOOL_HIGH_WATERMARK", keys.to_string())
+            .env("EDGELINK_KEYPOOL_BATCH_SIZE", keys.to_string()),
         admin,
-    };
+    );
     wait_for_free(admin, admin_token, keys);
     server
 }
@@ -730,16 +720,12 @@ fn metrics_of_every_role_parse_and_match_the_catalogue() {
         ),
     )
     .unwrap();
-    let mut autoscaler = Server {
-        child: edgelink()
+    let mut autoscaler = Server::spawn(
+        edgelink()
             .args(["autoscale", "run", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-        addr: autoscaler_admin,
-        admin: autoscaler_admin,
-    };
+            .arg(&config),
+        autoscaler_admin,
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&count).unwrap().trim() != "2" {
         assert!(

@@ -58,6 +58,17 @@ impl Server {
         Server { child, addr, admin }
     }
 
+    /// Spawns `cmd` (which listens on `admin` by its own configuration),
+    /// without waiting for it.
+    pub fn spawn(cmd: &mut Command, admin: SocketAddr) -> Server {
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap();
+        Server {
+            child,
+            addr: admin,
+            admin,
+        }
+    }
+
     /// SIGTERM, then the exit status.
     pub fn stop(self) -> std::process::ExitStatus {
         signal(&self, "-TERM");

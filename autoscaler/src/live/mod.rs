@@ -280,49 +280,35 @@ impl Autoscaler {
     }
 
     async fn read(&mut self, current: u32) -> Reading {
-        match &self.config.signals {
-            SignalsConfig::Static { targets } => {
-                let targets = targets.clone();
-                self.scraper.read(&targets, current).await
-            }
-            SignalsConfig::Actuator => {
-                let targets = self.actuator.targets().unwrap_or_default();
-                self.scraper.read(&targets, current).await
-            }
-            SignalsConfig::Kubernetes { .. } => {
-                let found = match &self.endpoints {
-                    Some(e) => e.targets().await,
-                    None => Err("no Kubernetes client".to_owned()),
-                };
-                match found {
-                    Ok(targets) => self.scraper.read(&targets, current).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the edges' Endpoints");
-                        Reading {
-                            stale: current.max(1),
-                            ..Reading::default()
-                        }
-                    }
-                }
-            }
-            SignalsConfig::Dns { name } => match signals::resolve(name).await {
-                Ok(targets) => self.scraper.read(&targets, current).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot resolve the edges");
-                    Reading {
-                        stale: current.max(1),
-                        ..Reading::default()
-                    }
-                }
+        let targets = match &self.config.signals {
+            SignalsConfig::Static { targets } => Ok(targets.clone()),
+            SignalsConfig::Actuator => Ok(self.actuator.targets().unwrap_or_default()),
+            SignalsConfig::Dns { name } => signals::resolve(name).await,
+            SignalsConfig::Kubernetes { .. } => match &self.endpoints {
+                Some(e) => e.targets().await,
+                None => Err("no Kubernetes client".to_owned()),
             },
             SignalsConfig::Prometheus {
                 rate_query,
                 ready_query,
                 ..
-            } => match &self.prometheus {
-                Some(p) => p.read(rate_query, ready_query, current).await,
-                None => Reading::default(),
-            },
+            } => {
+                return match &self.prometheus {
+                    Some(p) => p.read(rate_query, ready_query, current).await,
+                    None => Reading::default(),
+                };
+            }
+        };
+        match targets {
+            Ok(targets) => self.scraper.read(&targets, current).await,
+            Err(e) => {
+                // Nothing read: every edge counts as stale (no scale-in).
+                tracing::warn!(error = %e, "cannot find the edges to read");
+                Reading {
+                    stale: current.max(1),
+                    ..Reading::default()
+                }
+            }
         }
     }
 
