@@ -521,93 +521,53 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A loopback stand-in for the Kubernetes API server (no real one runs
-    /// here): answers the Deployment's scale subresource and records what
-    /// it was sent.
+    /// The fake API server with a Deployment `edge` (3 replicas, changed
+    /// by a PATCH of its scale) and the Endpoints of `edge-admin`; every
+    /// request it saw.
     async fn fake_api_server() -> (
         String,
-        std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>,
+        std::sync::Arc<std::sync::Mutex<Vec<crate::live::fake_api::Seen>>>,
     ) {
-        use http_body_util::{BodyExt, Full};
-        use hyper::service::service_fn;
+        use crate::live::fake_api;
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let replicas = std::sync::atomic::AtomicU64::new(3);
         let log = seen.clone();
-        tokio::spawn(async move {
-            let replicas = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(3));
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (log, replicas) = (log.clone(), replicas.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (log, replicas) = (log.clone(), replicas.clone());
-                        async move {
-                            let method = req.method().to_string();
-                            let path = req.uri().path().to_owned();
-                            let ctype = req
-                                .headers()
-                                .get("content-type")
-                                .map(|v| v.to_str().unwrap().to_owned())
-                                .unwrap_or_default();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let body = String::from_utf8(body.to_vec()).unwrap();
-                            if method == "PATCH" {
-                                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                                let n = v["spec"]["replicas"].as_u64().unwrap();
-                                replicas.store(n as u32, std::sync::atomic::Ordering::SeqCst);
-                            }
-                            log.lock()
-                                .unwrap()
-                                .push((method, path.clone(), ctype, body));
-                            let n = replicas.load(std::sync::atomic::Ordering::SeqCst);
-                            let scale = serde_json::json!({
-                                "apiVersion": "autoscaling/v1",
-                                "kind": "Scale",
-                                "metadata": {"name": "edge", "namespace": "edgelink"},
-                                "spec": {"replicas": n},
-                                "status": {"replicas": n}
-                            });
-                            let endpoints = serde_json::json!({
-                                "apiVersion": "v1",
-                                "kind": "Endpoints",
-                                "metadata": {"name": "edge-admin", "namespace": "edgelink"},
-                                "subsets": [{
-                                    "addresses": [{"ip": "10.0.0.7"}, {"ip": "10.0.0.3"}],
-                                    "notReadyAddresses": [{"ip": "10.0.0.9"}],
-                                    "ports": [{"port": 9090}]
-                                }]
-                            });
-                            let (status, body) = match path.as_str() {
-                                "/apis/apps/v1/namespaces/edgelink/deployments/edge/scale" => {
-                                    (200, scale)
-                                }
-                                "/api/v1/namespaces/edgelink/endpoints/edge-admin" => {
-                                    (200, endpoints)
-                                }
-                                _ => (
-                                    404,
-                                    serde_json::json!({
-                                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                        "reason": "NotFound", "code": 404, "message": "not found"
-                                    }),
-                                ),
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(bytes::Bytes::from(body.to_string())))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
+        let url = fake_api::serve(move |req| {
+            if req.method == "PATCH" {
+                let v: serde_json::Value = serde_json::from_str(&req.body).unwrap();
+                let n = v["spec"]["replicas"].as_u64().unwrap();
+                replicas.store(n, std::sync::atomic::Ordering::SeqCst);
             }
-        });
+            log.lock().unwrap().push(req.clone());
+            let n = replicas.load(std::sync::atomic::Ordering::SeqCst);
+            match req.path.as_str() {
+                "/apis/apps/v1/namespaces/edgelink/deployments/edge/scale" => (
+                    200,
+                    serde_json::json!({
+                        "apiVersion": "autoscaling/v1",
+                        "kind": "Scale",
+                        "metadata": {"name": "edge", "namespace": "edgelink"},
+                        "spec": {"replicas": n},
+                        "status": {"replicas": n}
+                    }),
+                ),
+                "/api/v1/namespaces/edgelink/endpoints/edge-admin" => (
+                    200,
+                    serde_json::json!({
+                        "apiVersion": "v1",
+                        "kind": "Endpoints",
+                        "metadata": {"name": "edge-admin", "namespace": "edgelink"},
+                        "subsets": [{
+                            "addresses": [{"ip": "10.0.0.7"}, {"ip": "10.0.0.3"}],
+                            "notReadyAddresses": [{"ip": "10.0.0.9"}],
+                            "ports": [{"port": 9090}]
+                        }]
+                    }),
+                ),
+                _ => fake_api::status(404, "NotFound"),
+            }
+        })
+        .await;
         (url, seen)
     }
 
@@ -623,11 +583,17 @@ mod tests {
         let seen = seen.lock().unwrap().clone();
         let path = "/apis/apps/v1/namespaces/edgelink/deployments/edge/scale";
         assert_eq!(seen.len(), 3, "{seen:?}");
-        assert_eq!((seen[0].0.as_str(), seen[0].1.as_str()), ("GET", path));
-        let (method, p, ctype, body) = &seen[1];
-        assert_eq!((method.as_str(), p.as_str()), ("PATCH", path));
-        assert_eq!(ctype, "application/merge-patch+json");
-        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].path.as_str()),
+            ("GET", path)
+        );
+        let patch = &seen[1];
+        assert_eq!(
+            (patch.method.as_str(), patch.path.as_str()),
+            ("PATCH", path)
+        );
+        assert_eq!(patch.content_type, "application/merge-patch+json");
+        let body: serde_json::Value = serde_json::from_str(&patch.body).unwrap();
         assert_eq!(body, serde_json::json!({"spec": {"replicas": 7}}));
 
         // A wrong Deployment is an error, not a count.
@@ -653,7 +619,7 @@ mod tests {
             ["10.0.0.3:9090", "10.0.0.7:9090"]
         );
         assert_eq!(
-            seen.lock().unwrap()[0].1,
+            seen.lock().unwrap()[0].path,
             "/api/v1/namespaces/edgelink/endpoints/edge-admin"
         );
         let missing = crate::live::signals::Endpoints::new(

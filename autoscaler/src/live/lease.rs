@@ -265,89 +265,51 @@ impl PgLease {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
-    use http_body_util::{BodyExt, Full};
-    use hyper::service::service_fn;
     use serde_json::{json, Value};
 
-    /// A loopback stand-in for the API server's Lease endpoints, with its
-    /// optimistic concurrency (a replace naming an old resourceVersion is
-    /// 409), since no real API server runs here.
+    /// The fake API server's Lease endpoints, with their optimistic
+    /// concurrency (a replace naming an old resourceVersion is 409).
     async fn fake_lease_api() -> String {
-        let state: Arc<Mutex<(Option<Value>, u64)>> = Arc::new(Mutex::new((None, 0)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let state = state.clone();
-                        async move {
-                            let base = "/apis/coordination.k8s.io/v1/namespaces/edgelink/leases";
-                            let method = req.method().clone();
-                            let path = req.uri().path().to_owned();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let mut st = state.lock().unwrap();
-                            let status = |code: u16, reason: &str| {
-                                (
-                                    code,
-                                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                    "status": "Failure", "reason": reason, "message": reason, "code": code}),
-                                )
-                            };
-                            let (code, answer) = match (method.as_str(), path.as_str()) {
-                                ("GET", p) if p == format!("{base}/edgelink-autoscaler") => {
-                                    match &st.0 {
-                                        Some(v) => (200, v.clone()),
-                                        None => status(404, "NotFound"),
-                                    }
-                                }
-                                ("POST", p) if p == base => {
-                                    if st.0.is_some() {
-                                        status(409, "AlreadyExists")
-                                    } else {
-                                        st.1 += 1;
-                                        let mut v: Value = serde_json::from_slice(&body).unwrap();
-                                        v["metadata"]["resourceVersion"] = json!(st.1.to_string());
-                                        st.0 = Some(v.clone());
-                                        (201, v)
-                                    }
-                                }
-                                ("PUT", p) if p == format!("{base}/edgelink-autoscaler") => {
-                                    let mut v: Value = serde_json::from_slice(&body).unwrap();
-                                    let stored =
-                                        st.0.as_ref()
-                                            .map(|s| s["metadata"]["resourceVersion"].clone());
-                                    if stored != Some(v["metadata"]["resourceVersion"].clone()) {
-                                        status(409, "Conflict")
-                                    } else {
-                                        st.1 += 1;
-                                        v["metadata"]["resourceVersion"] = json!(st.1.to_string());
-                                        st.0 = Some(v.clone());
-                                        (200, v)
-                                    }
-                                }
-                                _ => status(404, "NotFound"),
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(code)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(bytes::Bytes::from(answer.to_string())))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
+        use crate::live::fake_api::{serve, status};
+        let state: Mutex<(Option<Value>, u64)> = Mutex::new((None, 0));
+        serve(move |req| {
+            let base = "/apis/coordination.k8s.io/v1/namespaces/edgelink/leases";
+            let one = format!("{base}/edgelink-autoscaler");
+            let mut st = state.lock().unwrap();
+            match (req.method.as_str(), req.path.as_str()) {
+                ("GET", p) if p == one => match &st.0 {
+                    Some(v) => (200, v.clone()),
+                    None => status(404, "NotFound"),
+                },
+                ("POST", p) if p == base => {
+                    if st.0.is_some() {
+                        return status(409, "AlreadyExists");
+                    }
+                    st.1 += 1;
+                    let mut v: Value = serde_json::from_str(&req.body).unwrap();
+                    v["metadata"]["resourceVersion"] = json!(st.1.to_string());
+                    st.0 = Some(v.clone());
+                    (201, v)
+                }
+                ("PUT", p) if p == one => {
+                    let mut v: Value = serde_json::from_str(&req.body).unwrap();
+                    let stored =
+                        st.0.as_ref()
+                            .map(|s| s["metadata"]["resourceVersion"].clone());
+                    if stored != Some(v["metadata"]["resourceVersion"].clone()) {
+                        return status(409, "Conflict");
+                    }
+                    st.1 += 1;
+                    v["metadata"]["resourceVersion"] = json!(st.1.to_string());
+                    st.0 = Some(v.clone());
+                    (200, v)
+                }
+                _ => status(404, "NotFound"),
             }
-        });
-        url
+        })
+        .await
     }
 
     fn lease(url: &str, identity: &str) -> KubeLease {

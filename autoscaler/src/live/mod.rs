@@ -12,6 +12,8 @@
 
 pub mod actuator;
 pub mod config;
+#[cfg(test)]
+mod fake_api;
 pub mod lease;
 pub mod signals;
 pub mod wal;
