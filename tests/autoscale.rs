@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgelink_autoscaler::live::actuator::ProcessFleet;
-use edgelink_core::testing::{redis_url, unique, TestDb};
+use edgelink_core::testing::{unique, TestDb};
 
 mod support;
 
@@ -18,17 +18,9 @@ use support::{edgelink, free_addr, get, request, run, signal, Server};
 
 /// `edgelink edge` arguments on `db`, answering on `public`.
 fn edge_args(db: &TestDb, public: SocketAddr) -> Vec<String> {
-    [
-        "edge",
-        "--postgres-url",
-        &db.url,
-        "--redis-url",
-        &redis_url(),
-        "--listen",
-        &public.to_string(),
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    let mut args = support::edge_args(&db.url);
+    args.extend(["--listen".to_owned(), public.to_string()]);
+    args
 }
 
 /// A fresh database with one link, `/hi`.

@@ -8,12 +8,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use edgelink_core::testing::{redis_url, unique, TestDb};
+use edgelink_core::testing::TestDb;
 
 mod prom;
 mod support;
 
-use support::{edgelink, free_addr, get, request, run, send_raw, signal, Server};
+use support::{distributed_edge, edgelink, free_addr, get, request, run, send_raw, signal, Server};
 
 fn write_csv(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -220,17 +220,7 @@ fn distributed_edge_serves_links_imported_into_postgres() {
         .env(bad_sqlite.0, bad_sqlite.1));
     assert_eq!(out.status.code(), Some(64));
 
-    let server = Server::start(
-        edgelink()
-            .args([
-                "edge",
-                "--postgres-url",
-                &db.url,
-                "--redis-url",
-                &redis_url(),
-            ])
-            .env("EDGELINK_REDIS_KEY_PREFIX", unique("cli") + ":"),
-    );
+    let server = Server::start(&mut distributed_edge(&db.url, "cli"));
     let (status, location) = get(server.addr, "/pg");
     assert_eq!(status, 308);
     assert_eq!(location.as_deref(), Some("https://example.com/pg"));
@@ -663,20 +653,7 @@ fn metrics_of_every_role_parse_and_match_the_catalogue() {
                     .arg(dir.path().join("e.db")),
             ),
         ),
-        (
-            "edge",
-            Server::start(
-                edgelink()
-                    .args([
-                        "edge",
-                        "--postgres-url",
-                        &db.url,
-                        "--redis-url",
-                        &redis_url(),
-                    ])
-                    .env("EDGELINK_REDIS_KEY_PREFIX", unique("obs") + ":"),
-            ),
-        ),
+        ("edge", Server::start(&mut distributed_edge(&db.url, "obs"))),
         (
             "origin",
             Server::start(edgelink().args(["origin", "--postgres-url", &db.url])),

@@ -20,6 +20,24 @@ pub fn edgelink() -> Command {
     c
 }
 
+/// `edge` arguments on the PostgreSQL at `db_url` and the test Redis.
+pub fn edge_args(db_url: &str) -> Vec<String> {
+    let redis = edgelink_core::testing::redis_url();
+    ["edge", "--postgres-url", db_url, "--redis-url", &redis]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// `edgelink edge` on `db_url`, with a Redis key prefix of its own.
+pub fn distributed_edge(db_url: &str, prefix: &str) -> Command {
+    let mut c = edgelink();
+    c.args(edge_args(db_url)).env(
+        "EDGELINK_REDIS_KEY_PREFIX",
+        edgelink_core::testing::unique(prefix) + ":",
+    );
+    c
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
 }

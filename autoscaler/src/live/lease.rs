@@ -15,6 +15,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::{Lease as K8sLease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use tokio_postgres::{Client, NoTls};
 
 #[derive(Debug)]
@@ -38,16 +40,13 @@ impl Lease {
 
 /// A Kubernetes Lease object; see the module docs.
 pub struct KubeLease {
-    api: kube::Api<Lease8s>,
+    api: kube::Api<K8sLease>,
     name: String,
     identity: String,
     duration: Duration,
     timeout: Duration,
     held: bool,
 }
-
-use k8s_openapi::api::coordination::v1::{Lease as Lease8s, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 
 impl std::fmt::Debug for KubeLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,7 +106,7 @@ impl KubeLease {
         let secs = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
         let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.is_conflict());
         let Some(current) = self.api.get_opt(&self.name).await? else {
-            let lease = Lease8s {
+            let lease = K8sLease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
                     ..ObjectMeta::default()
