@@ -38,6 +38,52 @@ fn readme_first_run_serve_import_and_follow_a_link() {
     assert_eq!(server.stop().code(), Some(0), "SIGTERM drains and exits 0");
 }
 
+/// Click counts are collected, frozen and written on a thread of their own
+/// (`edgelink-clicks`), not on a thread that serves requests: under uniform
+/// traffic a flush handles tens of thousands of codes, which held up every
+/// connection of the serving thread it ran on. The thread flushes (the
+/// redirects below are counted within seconds, hits of tier 0 included).
+#[test]
+fn serve_counts_clicks_on_a_thread_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edgelink.db");
+    let csv = write_csv(dir.path(), "one.csv", "hello,https://example.com/\n");
+    let out = run(edgelink().arg("import").arg(&csv).arg("--sqlite").arg(&db));
+    assert!(out.status.success(), "{out:?}");
+    let server = Server::start(edgelink().arg("serve").arg("--sqlite").arg(&db));
+    for _ in 0..5 {
+        assert_eq!(get(server.addr, "/hello").0, 302);
+    }
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim_end().to_owned())
+        .collect();
+    assert_eq!(
+        threads.iter().filter(|n| *n == "edgelink-clicks").count(),
+        1,
+        "{threads:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = request(server.admin, "GET", "/metrics", None, "");
+        let written: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("edgelink_clicks_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if written == 5.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{written} clicks written, 5 redirects served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.stop().code(), Some(0));
+}
+
 #[test]
 fn readme_create_a_link_with_the_api_and_follow_it() {
     let dir = tempfile::tempdir().unwrap();

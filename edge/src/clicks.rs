@@ -223,6 +223,27 @@ struct Frozen {
     deltas: Vec<ClickDelta>,
 }
 
+/// The flusher's own thread ([`Flusher::spawn`]).
+pub struct FlushThread {
+    last: tokio::sync::oneshot::Sender<Duration>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl FlushThread {
+    /// The final flush, once every request is answered: tries for at most
+    /// `within`, then returns when the thread has ended.
+    pub async fn finish(self, within: Duration) {
+        let FlushThread { last, thread } = self;
+        let _ = last.send(within);
+        if tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_or(true, |joined| joined.is_err())
+        {
+            tracing::error!("the click flusher thread panicked");
+        }
+    }
+}
+
 /// Drains the index's counts and writes them to the store.
 pub struct Flusher {
     index: Arc<Index>,
@@ -326,6 +347,36 @@ impl Flusher {
         }
         self.metrics.pending.set(self.held() as f64);
         Ok(())
+    }
+
+    /// Runs [`Flusher::run`] on a thread of its own (`edgelink-clicks`,
+    /// with a single-threaded runtime), so that collecting, freezing and
+    /// encoding a flush (tens of thousands of codes a second under
+    /// uniform traffic) never holds up a thread that serves requests.
+    /// [`FlushThread::finish`] makes the final flush.
+    pub fn spawn(
+        self,
+        interval: Duration,
+        counting: Arc<std::sync::atomic::AtomicBool>,
+        stop: edgelink_core::shutdown::CancellationToken,
+    ) -> std::io::Result<FlushThread> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (last, finish) = tokio::sync::oneshot::channel::<Duration>();
+        let thread = std::thread::Builder::new()
+            .name("edgelink-clicks".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let flusher = self.run(interval, counting, stop).await;
+                    // No final-flush request means the edge failed before
+                    // it drained; nothing then waits for the counts.
+                    if let Ok(within) = finish.await {
+                        flusher.finish(within).await;
+                    }
+                });
+            })?;
+        Ok(FlushThread { last, thread })
     }
 
     /// Collects and flushes every `interval` until `stop`; then returns

@@ -290,11 +290,6 @@ pub async fn run_with(
         config.analytics.max_pending,
         metrics.clicks.clone(),
     );
-    let flushing = flusher.run(
-        Duration::from_millis(config.analytics.flush_interval_ms),
-        app.counting.clone(),
-        shutdown.clone(),
-    );
     let mut publics = listeners.public.into_iter();
     let first = publics
         .next()
@@ -413,7 +408,12 @@ pub async fn run_with(
         _ => None,
     };
     let invalidating = apply_invalidations(app.clone(), invalidations, shutdown.clone());
-    let (.., flusher) = tokio::join!(
+    let flusher = flusher.spawn(
+        Duration::from_millis(config.analytics.flush_interval_ms),
+        app.counting.clone(),
+        shutdown.clone(),
+    )?;
+    tokio::join!(
         public_task,
         redirect_task,
         admin_task,
@@ -421,7 +421,6 @@ pub async fn run_with(
         invalidating,
         reloading,
         background(app, prometheus, shutdown),
-        flushing
     );
     for thread in threads {
         let joined = tokio::task::spawn_blocking(move || thread.join()).await;
