@@ -312,10 +312,7 @@ pub async fn run_with(
     options.tls = tls;
     let handler = {
         let app = app.clone();
-        move |req, peer| {
-            let app = app.clone();
-            async move { app.handle(req, peer).await }
-        }
+        move |req, peer| app.answer(req, peer)
     };
 
     let mut threads = Vec::new();
@@ -565,10 +562,116 @@ enum Decided {
     Unsampled(bool),
 }
 
+/// Where a request to the public listener goes, read off its method, its
+/// target and the live configuration.
+enum Target<'r> {
+    /// The request target is longer than `limits.max_uri_bytes`.
+    TooLong,
+    /// The creation API: proxied to origin (`proxy`), or served by the
+    /// origin mounted in this process (`local`).
+    Api {
+        proxy: Option<Arc<Proxy>>,
+        local: bool,
+    },
+    Health,
+    Ready,
+    /// A path that is not a valid code.
+    NotCode,
+    /// A valid code asked with a method other than GET and HEAD.
+    NotReadable,
+    /// A valid code, asked with GET or HEAD.
+    Code(&'r str),
+}
+
+/// The future a public request is answered with: ready at once for a
+/// tier-0 hit, else [`App::handle`] boxed. A hit thus builds no future of
+/// its own, and hyper moves a few words per request instead of the whole
+/// state machine of the miss, proxy and readiness paths.
+type Answering = futures_util::future::Either<
+    std::future::Ready<Response<Body>>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>,
+>;
+
 // === impl App ===
 
 impl App {
+    /// Answers a public request: a tier-0 hit here and now, the rest
+    /// through [`App::handle`].
     #[inline]
+    fn answer(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Answering {
+        use futures_util::future::Either;
+        match self.hit(&req, peer) {
+            Some(resp) => Either::Left(std::future::ready(resp)),
+            None => {
+                let app = self.clone();
+                Either::Right(Box::pin(async move { app.handle(req, peer).await }))
+            }
+        }
+    }
+
+    /// The redirect hot path: the response to a valid code the tier-0
+    /// index holds, without waiting on anything. `None` for everything
+    /// else (other paths, misses, and every request while tracing or the
+    /// access log is on), which [`App::serve`] answers. Such a request is
+    /// over when this returns, so it never shows in
+    /// `edgelink_http_requests_in_flight`.
+    #[inline]
+    fn hit(&self, req: &Request<Incoming>, peer: Peer) -> Option<Response<Body>> {
+        if self.tracer.is_some() || self.access.is_some() {
+            return None;
+        }
+        let Target::Code(code) = self.target(req) else {
+            return None;
+        };
+        let answer = self.resolver.hit(code, self.click(req))?;
+        let mut resp = self.respond_found(answer, false, req, peer);
+        if req.method() == Method::HEAD {
+            *resp.body_mut() = Body::default();
+        }
+        Some(self.count(resp, Tier::Memory))
+    }
+
+    #[inline]
+    fn target<'r>(&self, req: &'r Request<Incoming>) -> Target<'r> {
+        let (max_uri, proxy) = {
+            let live = self.live.load();
+            let proxy = match &live.proxy {
+                Some(p) if p.owns(req.uri().path()) => Some(p.clone()),
+                _ => None,
+            };
+            (live.limits.max_uri_bytes, proxy)
+        };
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > max_uri {
+            return Target::TooLong;
+        }
+        let path = req.uri().path();
+        let local = self.api.is_some() && path.starts_with("/api/");
+        if proxy.is_some() || local {
+            return Target::Api { proxy, local };
+        }
+        let readable = req.method() == Method::GET || req.method() == Method::HEAD;
+        match path {
+            "/healthz" if readable => Target::Health,
+            "/readyz" if readable => Target::Ready,
+            _ => match path.strip_prefix('/').filter(|c| is_valid_code(c)) {
+                None => Target::NotCode,
+                Some(_) if !readable => Target::NotReadable,
+                Some(code) => Target::Code(code),
+            },
+        }
+    }
+
+    /// How a redirect answered now is counted: by its `User-Agent`, or
+    /// `None` while counting is off.
+    #[inline]
+    fn click(&self, req: &Request<Incoming>) -> Option<clicks::Click> {
+        self.counting.load(Ordering::Relaxed).then(|| {
+            self.bots
+                .classify(req.headers().get(http::header::USER_AGENT))
+        })
+    }
+
     async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         if self.tracer.is_none() && self.access.is_none() {
             return self.serve(req, peer, Decided::Untraced).await;
@@ -645,37 +748,22 @@ impl App {
     ) -> Response<Body> {
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let head = req.method() == Method::HEAD;
-        let readable = head || req.method() == Method::GET;
-        let (max_uri, proxy) = {
-            let live = self.live.load();
-            let proxy = match &live.proxy {
-                Some(p) if p.owns(req.uri().path()) => Some(p.clone()),
-                _ => None,
-            };
-            (live.limits.max_uri_bytes, proxy)
-        };
-        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-        if target_len > max_uri {
-            return self.count(failure(Failure::UriTooLong), Tier::None);
-        }
-        let path = req.uri().path();
-        let api = self.api.as_ref().filter(|_| path.starts_with("/api/"));
-        if proxy.is_some() || api.is_some() {
-            if proxy.is_some() && decided == Decided::Unsampled(true) {
-                req.headers_mut()
-                    .insert("b3", http::HeaderValue::from_static("0"));
+        let (mut resp, tier) = match self.target(&req) {
+            Target::TooLong => return self.count(failure(Failure::UriTooLong), Tier::None),
+            Target::Api { proxy, local } => {
+                if proxy.is_some() && decided == Decided::Unsampled(true) {
+                    req.headers_mut()
+                        .insert("b3", http::HeaderValue::from_static("0"));
+                }
+                let api = self.api.as_ref().filter(|_| local);
+                let resp = self.api_call(req, peer, proxy, api).await;
+                return self.count(resp, Tier::None);
             }
-            let resp = self.api_call(req, peer, proxy, api).await;
-            return self.count(resp, Tier::None);
-        }
-        let (mut resp, tier) = match path {
-            "/healthz" if readable => (respond::text(StatusCode::OK, "ok\n"), Tier::None),
-            "/readyz" if readable => (self.ready().await, Tier::None),
-            _ => match path.strip_prefix('/').filter(|c| is_valid_code(c)) {
-                None => (self.not_found(&req, peer), Tier::None),
-                Some(_) if !readable => (failure(Failure::MethodNotAllowed), Tier::None),
-                Some(code) => self.redirect(code, &req, peer).await,
-            },
+            Target::Health => (respond::text(StatusCode::OK, "ok\n"), Tier::None),
+            Target::Ready => (self.ready().await, Tier::None),
+            Target::NotCode => (self.not_found(&req, peer), Tier::None),
+            Target::NotReadable => (failure(Failure::MethodNotAllowed), Tier::None),
+            Target::Code(code) => self.redirect(code, &req, peer).await,
         };
         if head {
             *resp.body_mut() = Body::default();
@@ -760,11 +848,10 @@ impl App {
             let _ = charged.set((limit.clone(), client));
             Ok(())
         };
-        let click = self.counting.load(Ordering::Relaxed).then(|| {
-            self.bots
-                .classify(req.headers().get(http::header::USER_AGENT))
-        });
-        let found = self.resolver.resolve_gated(code, click, gate).await;
+        let found = self
+            .resolver
+            .resolve_gated(code, self.click(req), gate)
+            .await;
         let charged = charged.into_inner();
         let refund = || {
             if let Some((limit, client)) = &charged {
@@ -773,33 +860,13 @@ impl App {
         };
         match found {
             Ok(Ok((answer, tier))) => {
-                let resp = match answer {
-                    Answer::Redirect {
-                        expires_at: Some(exp),
-                        ..
-                    } if exp <= edgelink_core::link::now_unix() => {
-                        refund();
-                        failure(Failure::Gone)
-                    }
-                    Answer::Redirect {
-                        status,
-                        location,
-                        cache_control,
-                        ..
-                    } => {
-                        refund();
-                        respond::redirect(status, location, cache_control)
-                    }
-                    Answer::Gone => {
-                        refund();
-                        failure(Failure::Gone)
-                    }
-                    // Paid for at the gate, or (a tier-0 answer) now.
-                    Answer::NotFound if charged.is_some() => failure(Failure::NotFound),
-                    Answer::NotFound => self.not_found(req, peer),
-                    Answer::Broken => failure(Failure::Internal),
-                };
-                (resp, tier)
+                if matches!(answer, Answer::Redirect { .. } | Answer::Gone) {
+                    refund();
+                }
+                (
+                    self.respond_found(answer, charged.is_some(), req, peer),
+                    tier,
+                )
             }
             Ok(Err(wait)) => {
                 self.metrics.rate_limited.increment(1);
@@ -812,6 +879,35 @@ impl App {
                 }
                 (failure(Failure::Unavailable), Tier::Store)
             }
+        }
+    }
+
+    /// The response to `answer`, found for a valid code. `paid`: the lookup
+    /// took a 404 token at the gate, so an unknown code takes no other (a
+    /// tier-0 answer takes it now).
+    #[inline]
+    fn respond_found(
+        &self,
+        answer: Answer,
+        paid: bool,
+        req: &Request<Incoming>,
+        peer: Peer,
+    ) -> Response<Body> {
+        match answer {
+            Answer::Redirect {
+                expires_at: Some(exp),
+                ..
+            } if exp <= edgelink_core::link::now_unix() => failure(Failure::Gone),
+            Answer::Redirect {
+                status,
+                location,
+                cache_control,
+                ..
+            } => respond::redirect(status, location, cache_control),
+            Answer::Gone => failure(Failure::Gone),
+            Answer::NotFound if paid => failure(Failure::NotFound),
+            Answer::NotFound => self.not_found(req, peer),
+            Answer::Broken => failure(Failure::Internal),
         }
     }
 

@@ -36,6 +36,7 @@ use edgelink_core::breaker::{Breaker, Guarded, State};
 use edgelink_core::config::{Config, RedirectConfig};
 use edgelink_core::link::now_unix;
 use edgelink_core::{Link, LinkCache, LinkState, LinkStore, StoreError, Stores};
+use futures_util::FutureExt;
 use http::{HeaderValue, StatusCode};
 use moka::future::Cache;
 use moka::Expiry;
@@ -235,15 +236,7 @@ impl Resolver {
         gate: impl FnOnce() -> Result<(), W>,
     ) -> Result<Result<(Answer, Tier), W>, Arc<StoreError>> {
         let hash = self.index.hash(code);
-        let hit = self
-            .index
-            .get(code, hash, &self.permanent_cache_control.load(), click);
-        if let Some(answer) = hit {
-            self.metrics.cache_hits.increment(1);
-            if index::sampled() {
-                // Keeps moka's eviction policy informed of what is hot.
-                let _ = self.cache.get(code).await;
-            }
+        if let Some(answer) = self.hit_hashed(code, hash, click) {
             return Ok(Ok((answer, Tier::Memory)));
         }
         if let Some(entry) = self.cache.get(code).await {
@@ -271,6 +264,29 @@ impl Resolver {
         self.index_entry(code, hash, &entry);
         self.count(code, hash, &entry.answer, click);
         Ok(Ok((entry.answer.clone(), entry.source)))
+    }
+
+    /// The answer for `code` if the tier-0 read index has it, without
+    /// waiting on anything: the redirect hot path. A redirect answered is
+    /// counted as `click`.
+    #[inline]
+    pub fn hit(&self, code: &str, click: Option<Click>) -> Option<Answer> {
+        self.hit_hashed(code, self.index.hash(code), click)
+    }
+
+    #[inline]
+    fn hit_hashed(&self, code: &str, hash: u64, click: Option<Click>) -> Option<Answer> {
+        let answer = self
+            .index
+            .get(code, hash, &self.permanent_cache_control.load(), click)?;
+        self.metrics.cache_hits.increment(1);
+        if index::sampled() {
+            // Keeps moka's eviction policy informed of what is hot. A read
+            // that would have to wait (moka's upkeep is running) is skipped:
+            // it is a hint, and the hit must not wait for it.
+            let _ = self.cache.get(code).now_or_never();
+        }
+        Some(answer)
     }
 
     /// Counts a redirect answered other than by an index hit.
