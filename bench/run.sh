@@ -22,7 +22,8 @@
 # on equal cores instead of on how the scheduler interleaves them with the
 # load generator; default: not pinned),
 # BENCH_POSTGRES_URL (admin URL; a database edgelink_bench is recreated),
-# BENCH_REDIS_URL, BENCH_RESULTS (output file).
+# BENCH_REDIS_URL, BENCH_RESULTS (output file), BENCH_BIN (an edgelink
+# binary to measure instead of building this checkout's release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -73,9 +74,13 @@ if ! command -v oha >/dev/null; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
-log "building release"
-cargo build --release --quiet
-BIN=$ROOT/target/release/edgelink
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN=$BENCH_BIN
+else
+  log "building release"
+  cargo build --release --quiet
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/edgelink
+fi
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -187,6 +192,7 @@ done
   echo "oha: $(oha --version)"
   echo "rustc: $(rustc --version)"
   echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+  if [ -n "${BENCH_BIN:-}" ]; then echo "binary: $BENCH_BIN (given by BENCH_BIN, not built from the commit above)"; fi
 } > "$OUT/machine.txt"
 python3 "$ROOT/bench/report.py" report "$OUT" "bench/run.sh${*:+ $*}" > "$RESULTS"
 log "wrote $RESULTS (raw: $OUT)"
