@@ -17,6 +17,13 @@ UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 def wrk(path):
     text = open(path).read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    # Server CPU (user + system) per request, from run.sh's /proc reading.
+    cpu = path[: -len(".wrk.txt")] + ".cpu"
+    cpu_us = float("nan")
+    if os.path.exists(cpu):
+        ticks, hz = open(cpu).read().split()
+        cpu_us = int(ticks) / int(hz) / requests * 1e6
     lat = {}
     for pct, val, unit in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
         lat[int(pct)] = float(val) * UNITS[unit]
@@ -24,6 +31,7 @@ def wrk(path):
     errors = re.search(r"Socket errors: (.*)", text)
     return {
         "rps": rps,
+        "cpu_us": cpu_us,
         "lat": lat,
         "bad": int(bad.group(1)) if bad else 0,
         "errors": errors.group(1).strip() if errors else "",
@@ -76,7 +84,11 @@ def report(out, command):
         "requested once before measuring, so the edge answers from tier 0 (cache hits; the",
         "lookup count during measurement below proves it). Closed loop: `wrk` with",
         "`bench/wrk/codes.lua`, nginx and edge alternating (A B A B ...); each figure is the",
-        "median of the rounds, every round listed. Open loop: `oha` at a fixed rate of half",
+        "median of the rounds, every round listed. Server CPU per request: the user and system",
+        "time of all the server's threads (nginx: master and workers) over a round, from",
+        "`/proc`, divided by the requests wrk counted; on a shared box it moves less than req/s",
+        "does, and it is what the throughput ratio comes down to when the load generator and",
+        "the server share the cores. Open loop: `oha` at a fixed rate of half",
         "nginx's median uniform req/s (the issue's target point) and at a lower fixed rate,",
         "`--latency-correction`, redirects not followed.",
         "",
@@ -100,8 +112,8 @@ def report(out, command):
             f"Tier 0 held {meta['entries']:.0f} entries after warm-up; "
             f"{meta['lookups_during_measurement']} backend lookups happened during measurement.",
             "",
-            "| draw | nginx req/s | edge req/s | edge / nginx | nginx p50 / p99 | edge p50 / p99 | non-3xx, errors |",
-            "|---|---|---|---|---|---|---|",
+            "| draw | nginx req/s | edge req/s | edge / nginx | server CPU per request, nginx / edge (edge / nginx) | nginx p50 / p99 | edge p50 / p99 | non-3xx, errors |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for dist in ("uniform", "zipf"):
             a = runs(out, f"{mode}-wrk-{dist}-nginx-*.wrk.txt", wrk)
@@ -113,9 +125,11 @@ def report(out, command):
             lat = lambda xs, p: median([x["lat"].get(p, float("nan")) for x in xs])
             bad = sum(x["bad"] for x in a + b)
             errs = "; ".join(sorted({x["errors"] for x in a + b if x["errors"]})) or "none"
+            ca, cb = median([x["cpu_us"] for x in a]), median([x["cpu_us"] for x in b])
             lines.append(
                 f"| {dist} | **{ra:.0f}** ({fmt_runs(a)}) | **{rb:.0f}** ({fmt_runs(b)}) "
-                f"| **{rb / ra:.2f}×** | {ms(lat(a, 50))} / {ms(lat(a, 99))} "
+                f"| **{rb / ra:.2f}×** | {ca:.2f} / {cb:.2f} us ({cb / ca:.2f}×) "
+                f"| {ms(lat(a, 50))} / {ms(lat(a, 99))} "
                 f"| {ms(lat(b, 50))} / {ms(lat(b, 99))} | {bad}, {errs} |"
             )
         lines += [

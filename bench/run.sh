@@ -7,7 +7,8 @@
 # import`, starts nginx (2 workers, access log off, `return 302`: the
 # baseline) and the edge, warms both, then:
 #   1. closed loop, wrk: A (nginx) B (edge) alternating, BENCH_ROUNDS rounds,
-#      uniform and Zipf code draws (bench/wrk/codes.lua);
+#      uniform and Zipf code draws (bench/wrk/codes.lua), with each server's
+#      CPU time per request (from /proc: steadier than req/s on a shared box);
 #   2. open loop, oha at a fixed rate (half nginx's median uniform rate),
 #      latency-corrected, redirects not followed, A B alternating.
 # Raw outputs go to bench/out/<stamp>/, the summary to bench/RESULTS.md.
@@ -108,12 +109,25 @@ http {
 }
 NGINX
 "${SERVER_PIN[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
 wait_port "$NGINX_PORT"
 
-run_wrk() { # name port dist
+# CPU ticks (user + system, every thread) used so far by a server: the
+# process and its children (nginx's workers).
+cpu_ticks() { # pid
+  local t=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$p/stat") ))
+  done
+  echo "$t"
+}
+
+run_wrk() { # name port dist server_pid
+  local before; before=$(cpu_ticks "$4")
   BENCH_DIST=$3 "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$ROOT/bench/wrk/codes.lua" \
     "http://127.0.0.1:$2" > "$OUT/$1.wrk.txt"
+  echo "$(( $(cpu_ticks "$4") - before )) $(getconf CLK_TCK)" > "$OUT/$1.cpu"
   grep -E 'Requests/sec' "$OUT/$1.wrk.txt" | sed "s/^/  $1 /" >&2
 }
 
@@ -166,8 +180,8 @@ for MODE in $MODES; do
 
   for r in $(seq 1 "$ROUNDS"); do
     for dist in uniform zipf; do
-      run_wrk "$MODE-wrk-$dist-nginx-$r" "$NGINX_PORT" "$dist"
-      run_wrk "$MODE-wrk-$dist-edge-$r" "$EDGE_PORT" "$dist"
+      run_wrk "$MODE-wrk-$dist-nginx-$r" "$NGINX_PORT" "$dist" "$NGINX_PID"
+      run_wrk "$MODE-wrk-$dist-edge-$r" "$EDGE_PORT" "$dist" "$EDGE_PID"
     done
   done
   RATE=$(python3 "$ROOT/bench/report.py" half-rate "$OUT" "$MODE")
