@@ -25,11 +25,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. "$ROOT/bench/lib.sh"
 N=${BENCH_N:-10000}
 SECS=${BENCH_SECS:-10}
 DIST=${BENCH_DIST:-uniform}
 OUT=$ROOT/bench/out/callgrind-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$OUT/nginx/logs"
+mkdir -p "$OUT"
 export BENCH_N=$N
 
 for tool in valgrind callgrind_control wrk nginx python3 curl; do
@@ -90,7 +91,7 @@ measure() { # name port pid [admin_port]
   echo "$1 $ir $idle $requests ${bad:-0} $misses"
 }
 
-awk -v n="$N" 'BEGIN { print "code,url"; for (i = 0; i < n; i++) printf "k%07d,https://example.com/landing/%d\n", i, i }' > "$OUT/links.csv"
+seed_csv "$N" "$OUT/links.csv"
 RUST_LOG=warn "$BENCH_BIN" import "$OUT/links.csv" --sqlite "$OUT/edge.db" > /dev/null
 
 EDGE_PORT=$(free_port); ADMIN_PORT=$(free_port)
@@ -116,20 +117,7 @@ EDGE=$(measure edge "$EDGE_PORT" "$EDGE_PID" "$ADMIN_PORT")
 kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
 
 NGINX_PORT=$(free_port)
-cat > "$OUT/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / { return 302 https://example.com/landing/0; }
-    }
-}
-NGINX
+nginx_conf "$OUT/nginx" 1 "        listen 127.0.0.1:$NGINX_PORT;"
 valgrind --tool=callgrind --callgrind-out-file="$OUT/nginx.callgrind.%p" \
   nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off; master_process off;' 2> "$OUT/nginx.log" &
 NGINX_PID=$!; PIDS+=($NGINX_PID)

@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. "$ROOT/bench/lib.sh"
 N=${BENCH_N:-10000}
 ROUNDS=${BENCH_ROUNDS:-5}
 DURATION=${BENCH_DURATION:-10s}
@@ -38,25 +39,12 @@ wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 PIDS=()
 trap 'for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
 
-awk -v n="$N" 'BEGIN { print "code,url"; for (i = 0; i < n; i++) printf "k%07d,https://example.com/landing/%d\n", i, i }' > "$OUT/links.csv"
+seed_csv "$N" "$OUT/links.csv"
 RUST_LOG=warn "$BIN" import "$OUT/links.csv" --sqlite "$OUT/on.db" >/dev/null
 cp "$OUT/on.db" "$OUT/off.db"
 
 NG=$(port)
-cat > "$OUT/nginx/nginx.conf" <<NGINX
-worker_processes 2;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    server {
-        listen 127.0.0.1:$NG;
-        location / { return 302 https://example.com/landing/0; }
-    }
-}
-NGINX
+nginx_conf "$OUT/nginx" 2 "        listen 127.0.0.1:$NG;"
 "${SERVER_PIN[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 ON=$(port); OFF=$(port); ON_ADMIN=$(port)
 RUST_LOG=warn EDGELINK_CACHE_TTL_SECS=3600 EDGELINK_ANALYTICS_FLUSH_INTERVAL_MS=${BENCH_FLUSH_MS:-1000} \
@@ -80,7 +68,14 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "round $r $target: $(grep Requests/sec "$OUT/$target-$r.txt")" >&2
   done
 done
-sleep 2   # the last flush
+# The last flushes: wait until nothing is pending (a flush may wait for the
+# SQLite writer while `serve` still fills its key pool).
+for _ in $(seq 1 60); do
+  pending=$(curl -s "http://127.0.0.1:$ON_ADMIN/metrics" | awk '$1 == "edgelink_clicks_pending" { print $2 }')
+  [ "${pending:-1}" = 0 ] && break
+  sleep 0.5
+done
+sleep 1.5   # counts of the last second, not yet pending when read
 served=$(curl -s "http://127.0.0.1:$ON_ADMIN/metrics" | awk '/^edgelink_http_requests_total\{status="302"/ {s += $2} END {print s}')
 written=$(curl -s "http://127.0.0.1:$ON_ADMIN/metrics" | awk '/^edgelink_clicks_total\{/ {s += $2} END {print s}')
 python3 - "$OUT" "$ROUNDS" <<'PY'

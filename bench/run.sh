@@ -28,6 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. "$ROOT/bench/lib.sh"
 
 MODES=${1:-all}
 case "$MODES" in all) MODES="embedded distributed" ;; embedded|distributed) ;; *)
@@ -89,25 +90,11 @@ trap cleanup EXIT
 
 # --- the seeded set ----------------------------------------------------------
 CSV=$OUT/links.csv
-awk -v n="$N" 'BEGIN { print "code,url"; for (i = 0; i < n; i++) printf "k%07d,https://example.com/landing/%d\n", i, i }' > "$CSV"
+seed_csv "$N" "$CSV"
 
 # --- nginx, the baseline -----------------------------------------------------
 NGINX_PORT=$(free_port)
-mkdir -p "$OUT/nginx/logs"
-cat > "$OUT/nginx/nginx.conf" <<NGINX
-worker_processes 2;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / { return 302 https://example.com/landing/0; }
-    }
-}
-NGINX
+nginx_conf "$OUT/nginx" 2 "        listen 127.0.0.1:$NGINX_PORT;"
 "${SERVER_PIN[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
 PIDS+=($NGINX_PID)

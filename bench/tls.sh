@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. "$ROOT/bench/lib.sh"
 N=${BENCH_N:-10000}
 ROUNDS=${BENCH_ROUNDS:-5}
 DURATION=${BENCH_DURATION:-10s}
@@ -37,29 +38,15 @@ trap 'for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/d
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
-awk -v n="$N" 'BEGIN { print "code,url"; for (i = 0; i < n; i++) printf "k%07d,https://example.com/landing/%d\n", i, i }' > "$OUT/links.csv"
+seed_csv "$N" "$OUT/links.csv"
 RUST_LOG=warn "$BIN" import "$OUT/links.csv" --sqlite "$OUT/edge.db" >/dev/null
 cp "$OUT/edge.db" "$OUT/edge-plain.db"   # each `serve` its own file (each runs a key pool writer)
 
 NG_TLS=$(port); NG_PLAIN=$(port)
-cat > "$OUT/nginx/nginx.conf" <<NGINX
-worker_processes 2;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    server {
-        listen 127.0.0.1:$NG_TLS ssl;
+nginx_conf "$OUT/nginx" 2 "        listen 127.0.0.1:$NG_TLS ssl;
         listen 127.0.0.1:$NG_PLAIN;
         ssl_certificate $OUT/cert.pem;
-        ssl_certificate_key $OUT/key.pem;
-        location / { return 302 https://example.com/landing/0; }
-    }
-}
-NGINX
+        ssl_certificate_key $OUT/key.pem;" "    ssl_protocols TLSv1.2 TLSv1.3;"
 "${SERVER_PIN[@]}" nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 
 # The edge: TLS on the public listener, plain HTTP on a second `serve` of a
