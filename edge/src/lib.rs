@@ -624,11 +624,8 @@ impl App {
             return None;
         };
         let answer = self.resolver.hit(code, self.click(req))?;
-        let mut resp = self.respond_found(answer, false, req, peer);
-        if req.method() == Method::HEAD {
-            *resp.body_mut() = Body::default();
-        }
-        Some(self.count(resp, Tier::Memory))
+        let resp = self.respond_found(answer, false, req, peer);
+        Some(self.finish(resp, req.method() == Method::HEAD, Tier::Memory))
     }
 
     #[inline]
@@ -748,7 +745,7 @@ impl App {
     ) -> Response<Body> {
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let head = req.method() == Method::HEAD;
-        let (mut resp, tier) = match self.target(&req) {
+        let (resp, tier) = match self.target(&req) {
             Target::TooLong => return self.count(failure(Failure::UriTooLong), Tier::None),
             Target::Api { proxy, local } => {
                 if proxy.is_some() && decided == Decided::Unsampled(true) {
@@ -765,6 +762,12 @@ impl App {
             Target::NotReadable => (failure(Failure::MethodNotAllowed), Tier::None),
             Target::Code(code) => self.redirect(code, &req, peer).await,
         };
+        self.finish(resp, head, tier)
+    }
+
+    /// A response to GET or HEAD, counted; HEAD gets its headers only.
+    #[inline]
+    fn finish(&self, mut resp: Response<Body>, head: bool, tier: Tier) -> Response<Body> {
         if head {
             *resp.body_mut() = Body::default();
         }
