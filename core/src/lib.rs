@@ -14,8 +14,10 @@
 //!   (shared cache tier, value encoding in [`store::codec`]).
 //! - [`migrate`]: versioned schema migrations for both SQL backends.
 //! - [`import`]: CSV import in batches.
-//! - [`net`]: what every role serves HTTP with: socket2 listeners and the
-//!   hyper accept loop (connection cap, timeouts, graceful drain).
+//! - [`net`]: what every role serves HTTP with: socket2 listeners, the
+//!   hyper accept loop (connection cap, timeouts, graceful drain) and the
+//!   express lane in front of hyper ([`net::express`]: simple requests a
+//!   role answers with bytes of its own).
 //! - [`retry`]: jittered exponential backoff for reconnects and retries.
 //! - [`breaker`]: circuit breakers, and [`breaker::Guarded`] to put one in
 //!   front of a store or cache.

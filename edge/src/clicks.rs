@@ -100,7 +100,13 @@ impl Bots {
     /// A missing or empty `User-Agent` is a bot's.
     #[inline]
     pub fn classify(&self, user_agent: Option<&HeaderValue>) -> Click {
-        let ua = match user_agent.map(HeaderValue::as_bytes) {
+        self.classify_bytes(user_agent.map(HeaderValue::as_bytes))
+    }
+
+    /// [`Bots::classify`] of a header value's bytes.
+    #[inline]
+    pub fn classify_bytes(&self, user_agent: Option<&[u8]>) -> Click {
+        let ua = match user_agent {
             None | Some([]) => return Click::Bot,
             Some(ua) => ua,
         };

@@ -233,6 +233,41 @@ impl Index {
         slot.answer(permanent_cache_control)
     }
 
+    /// The express lane's hit: `write(status, location, permanent)` with
+    /// the redirect `code` is indexed as, under the shard's read lock, and
+    /// the redirect counted as `click`. `None`, with nothing counted, for
+    /// anything else: not indexed, past its lifetime, not a redirect (a
+    /// 404 or 410 goes the long way), or a link past its `expires_at`.
+    #[inline]
+    pub fn with_redirect<R>(
+        &self,
+        code: &str,
+        hash: u64,
+        click: Option<Click>,
+        write: impl FnOnce(u16, &[u8], bool) -> R,
+    ) -> Option<R> {
+        let now = self.now_ms();
+        let shard = self.shard(hash).read().unwrap_or_else(|p| p.into_inner());
+        let slot = shard.find(hash, |s| s.code() == code.as_bytes())?;
+        if now >= slot.deadline_ms {
+            return None;
+        }
+        let Kind::Redirect { status, permanent } = slot.kind else {
+            return None;
+        };
+        if slot.expires_at != i64::MAX && slot.expires_at <= edgelink_core::link::now_unix() {
+            return None;
+        }
+        let location = slot.block.get(usize::from(slot.code_len)..)?;
+        if !edgelink_core::net::express::is_header_value(location) {
+            return None;
+        }
+        if let Some(click) = click {
+            slot.clicks[click as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        Some(write(status, location, permanent))
+    }
+
     /// Counts a redirect for `code` served from elsewhere than a hit (a
     /// miss just indexed, a stale answer): on its slot when there is one,
     /// else in the spill map.

@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use edgelink_core::config::{Config, LimitsConfig};
+use edgelink_core::net::express::{self, Express, Simple};
 use edgelink_core::net::server::Peer;
 use edgelink_core::net::IpNet;
 use edgelink_core::shutdown::CancellationToken;
@@ -310,6 +311,8 @@ pub async fn run_with(
     );
     let plain = options.clone();
     options.tls = tls;
+    options.express = Some(app.clone());
+    options.express_handoffs = metrics.express_handoffs.clone();
     let handler = {
         let app = app.clone();
         move |req, peer| app.answer(req, peer)
@@ -594,6 +597,55 @@ type Answering = futures_util::future::Either<
 
 // === impl App ===
 
+/// The express lane ([`edgelink_core::net::express`]): a redirect the
+/// tier-0 index holds, written straight from the index; everything else
+/// (misses, 404s, 410s, other paths, and every request while tracing or
+/// the access log is on) is declined and goes to hyper and [`App::answer`].
+impl Express for App {
+    #[inline]
+    fn answer(&self, req: &Simple<'_>, _peer: Peer, out: &mut Vec<u8>) -> bool {
+        if self.tracer.is_some() || self.access.is_some() {
+            return false;
+        }
+        let path = req
+            .target
+            .split_once('?')
+            .map_or(req.target, |(path, _)| path);
+        let Target::Code(code) = self.route(true, path, req.target.len()) else {
+            return false;
+        };
+        let click = self
+            .counting
+            .load(Ordering::Relaxed)
+            .then(|| self.bots.classify_bytes(req.user_agent));
+        let written =
+            self.resolver
+                .with_redirect(code, click, |status, location, cache_control| {
+                    let reason = StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("");
+                    express::write_head(
+                        out,
+                        status,
+                        reason,
+                        &[
+                            ("location", location),
+                            ("cache-control", cache_control.as_bytes()),
+                        ],
+                    );
+                    status
+                });
+        match written {
+            Some(status) => {
+                self.metrics.request(status_index(status), Tier::Memory);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl App {
     /// Answers a public request: a tier-0 hit here and now, the rest
     /// through [`App::handle`].
@@ -630,24 +682,30 @@ impl App {
 
     #[inline]
     fn target<'r>(&self, req: &'r Request<Incoming>) -> Target<'r> {
+        let readable = req.method() == Method::GET || req.method() == Method::HEAD;
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        self.route(readable, req.uri().path(), target_len)
+    }
+
+    /// Where a request for `path` goes; `readable`: its method is GET or
+    /// HEAD; `target_len`: its request target's length, query included.
+    #[inline]
+    fn route<'r>(&self, readable: bool, path: &'r str, target_len: usize) -> Target<'r> {
         let (max_uri, proxy) = {
             let live = self.live.load();
             let proxy = match &live.proxy {
-                Some(p) if p.owns(req.uri().path()) => Some(p.clone()),
+                Some(p) if p.owns(path) => Some(p.clone()),
                 _ => None,
             };
             (live.limits.max_uri_bytes, proxy)
         };
-        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > max_uri {
             return Target::TooLong;
         }
-        let path = req.uri().path();
         let local = self.api.is_some() && path.starts_with("/api/");
         if proxy.is_some() || local {
             return Target::Api { proxy, local };
         }
-        let readable = req.method() == Method::GET || req.method() == Method::HEAD;
         match path {
             "/healthz" if readable => Target::Health,
             "/readyz" if readable => Target::Ready,

@@ -23,6 +23,7 @@ pub const LOOKUP_DURATION_SECONDS: &str = "edgelink_backend_lookup_duration_seco
 pub const BACKEND_ERRORS_TOTAL: &str = "edgelink_backend_errors_total";
 pub const CONNECTIONS_OPEN: &str = "edgelink_connections_open";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "edgelink_connections_rejected_total";
+pub const EXPRESS_HANDOFFS_TOTAL: &str = "edgelink_express_handoffs_total";
 pub const RATE_LIMITED_TOTAL: &str = "edgelink_rate_limited_total";
 pub const RELOADS_TOTAL: &str = "edgelink_config_reloads_total";
 pub const RELOAD_FAILURES_TOTAL: &str = "edgelink_config_reload_failures_total";
@@ -109,6 +110,7 @@ pub struct EdgeMetrics {
     errors: [[Counter; ERROR_KINDS.len()]; 2],
     pub connections_open: Gauge,
     pub connections_rejected: Counter,
+    pub express_handoffs: Counter,
     pub rate_limited: Counter,
     pub reloads: Counter,
     pub reloads_failed: Counter,
@@ -241,6 +243,7 @@ impl EdgeMetrics {
                 }),
                 connections_open: metrics::gauge!(CONNECTIONS_OPEN),
                 connections_rejected: metrics::counter!(CONNECTIONS_REJECTED_TOTAL),
+                express_handoffs: metrics::counter!(EXPRESS_HANDOFFS_TOTAL),
                 rate_limited: metrics::counter!(RATE_LIMITED_TOTAL),
                 reloads: metrics::counter!(RELOADS_TOTAL),
                 reloads_failed: metrics::counter!(RELOAD_FAILURES_TOTAL),
@@ -338,6 +341,10 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REJECTED_TOTAL,
         "Connections closed at accept because the connection cap was reached."
+    );
+    describe_counter!(
+        EXPRESS_HANDOFFS_TOTAL,
+        "Connections the express lane handed to hyper (a request it does not answer)."
     );
     describe_counter!(
         RATE_LIMITED_TOTAL,

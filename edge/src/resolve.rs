@@ -289,6 +289,38 @@ impl Resolver {
         Some(answer)
     }
 
+    /// The express lane's hit ([`Index::with_redirect`]): `write(status,
+    /// location, cache_control)` with a live redirect from the read index,
+    /// counted like [`Resolver::hit`]; `None`, with nothing counted, for
+    /// anything else.
+    #[inline]
+    pub fn with_redirect<R>(
+        &self,
+        code: &str,
+        click: Option<Click>,
+        write: impl FnOnce(u16, &[u8], &HeaderValue) -> R,
+    ) -> Option<R> {
+        let permanent_cache_control = self.permanent_cache_control.load();
+        let written = self.index.with_redirect(
+            code,
+            self.index.hash(code),
+            click,
+            |status, location, permanent| {
+                let cache_control = if permanent {
+                    &**permanent_cache_control
+                } else {
+                    &NO_STORE
+                };
+                write(status, location, cache_control)
+            },
+        )?;
+        self.metrics.cache_hits.increment(1);
+        if index::sampled() {
+            let _ = self.cache.get(code).now_or_never();
+        }
+        Some(written)
+    }
+
     /// Counts a redirect answered other than by an index hit.
     fn count(&self, code: &str, hash: u64, answer: &Answer, click: Option<Click>) {
         if let (Some(click), Answer::Redirect { .. }) = (click, answer) {

@@ -3,6 +3,7 @@
 //! and the small responses and body reads every role's routes make.
 
 mod body;
+pub mod express;
 pub mod framing;
 mod ipnet;
 pub mod listener;

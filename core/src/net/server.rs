@@ -1,7 +1,9 @@
 //! The accept loop shared by the public and admin listeners: a connection
-//! cap, optional TLS (rustls), the request-framing guard, hyper's HTTP/1.1 +
-//! HTTP/2 auto builder with a timer (so the header-read timeout applies),
-//! and a graceful drain bounded by a deadline.
+//! cap, optional TLS (rustls), the express lane for a role that has one
+//! ([`super::express`]; a connection leaves it for hyper at its first
+//! request the lane does not answer), the request-framing guard, hyper's
+//! HTTP/1.1 + HTTP/2 auto builder with a timer (so the header-read timeout
+//! applies), and a graceful drain bounded by a deadline.
 //!
 //! The header-read timeout also bounds an idle keep-alive connection: hyper
 //! starts it whenever it waits for the next request head.
@@ -26,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::express::{self, Express, Outcome, Replay};
 use super::framing::FramingGuard;
 use super::Body;
 
@@ -43,7 +46,7 @@ pub fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
-        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_buf_size(max_buf_size(config))
         // A client may shut its side after its last request and still get
         // the answers; the framing guard relies on it (it ends the read
         // side before a refused request, then answers 400 on shutdown).
@@ -58,6 +61,11 @@ pub fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(config.h2_max_concurrent_streams);
     b
+}
+
+/// hyper's read buffer, which bounds a request head.
+fn max_buf_size(config: &ServerConfig) -> usize {
+    config.max_header_bytes.max(8192)
 }
 
 /// Connection accounting, shared by every listener of one role.
@@ -90,6 +98,13 @@ pub struct Options {
     pub handshake_timeout: Duration,
     /// In-flight requests get this long after `shutdown`.
     pub drain: Duration,
+    /// Simple requests answered without hyper ([`express`]); `None`: every
+    /// request goes to hyper.
+    pub express: Option<Arc<dyn Express>>,
+    /// The limits hyper applies, for the express lane.
+    pub express_limits: express::Limits,
+    /// Counts the connections the express lane hands to hyper.
+    pub express_handoffs: Counter,
 }
 
 impl Options {
@@ -101,6 +116,12 @@ impl Options {
             tls: None,
             handshake_timeout: Duration::from_millis(config.header_read_timeout_ms),
             drain: Duration::from_millis(config.drain_timeout_ms),
+            express: None,
+            express_limits: express::Limits {
+                head_timeout: Duration::from_millis(config.header_read_timeout_ms),
+                max_head: max_buf_size(config),
+            },
+            express_handoffs: Counter::noop(),
         }
     }
 
@@ -124,6 +145,9 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    // What the express lane sees of the graceful shutdown (hyper's
+    // connections see it through their watchers).
+    let winding_down = CancellationToken::new();
     let limits = &options.limits;
     let mut closing = false;
     loop {
@@ -171,17 +195,24 @@ pub async fn serve<H, F>(
         let open = limits.open.clone();
         open.increment(1.0);
         let (options, handler, watcher) = (options.clone(), handler.clone(), graceful.watcher());
+        let closing = winding_down.clone();
         tokio::spawn(async move {
+            // The watcher lives as long as the connection, so the drain
+            // below waits for express-lane connections too.
+            let conn = Conn {
+                options: &options,
+                peer,
+                watcher,
+                closing,
+            };
             match &options.tls {
-                None => serve_connection(stream, &options, handler, peer, watcher).await,
+                None => conn.serve(stream, handler).await,
                 Some(acceptor) => {
                     let accepted =
                         tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
                             .await;
                     match accepted {
-                        Ok(Ok(tls)) => {
-                            serve_connection(tls, &options, handler, peer, watcher).await
-                        }
+                        Ok(Ok(tls)) => conn.serve(tls, handler).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, %addr, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
                     }
@@ -197,6 +228,7 @@ pub async fn serve<H, F>(
     // request still unread in the socket (closing then resets it): let
     // those requests be read first.
     tokio::time::sleep(SETTLE.min(options.drain)).await;
+    winding_down.cancel();
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(options.drain) => {
@@ -220,29 +252,54 @@ fn try_accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAd
     Some((stream, addr))
 }
 
-async fn serve_connection<IO, H, F>(
-    io: IO,
-    options: &Options,
-    handler: H,
+/// One accepted connection and what serving it needs.
+struct Conn<'o> {
+    options: &'o Options,
     peer: Peer,
     watcher: Watcher,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let service = service_fn(move |req| {
-        let fut = handler(req, peer);
-        async move { Ok::<_, Infallible>(fut.await) }
-    });
-    let conn = options
-        .builder
-        .serve_connection(
-            TokioIo::new(FramingGuard::with_timeout(io, options.handshake_timeout)),
-            service,
-        )
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    closing: CancellationToken,
+}
+
+impl Conn<'_> {
+    /// Serves `io`: in the express lane while it can, then with hyper.
+    async fn serve<IO, H, F>(self, io: IO, handler: H)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let Conn {
+            options,
+            peer,
+            watcher,
+            closing,
+        } = self;
+        let io = match &options.express {
+            None => Replay::new(io),
+            Some(lane) => {
+                let limits = options.express_limits;
+                match express::serve(io, &**lane, peer, limits, &closing).await {
+                    Outcome::Closed => return,
+                    Outcome::Handoff(io) => {
+                        options.express_handoffs.increment(1);
+                        io
+                    }
+                }
+            }
+        };
+        let service = service_fn(move |req| {
+            let fut = handler(req, peer);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = options
+            .builder
+            .serve_connection(
+                TokioIo::new(FramingGuard::with_timeout(io, options.handshake_timeout)),
+                service,
+            )
+            .into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
 }

@@ -1,0 +1,580 @@
+//! The express lane: HTTP/1.1 requests simple enough to answer without
+//! hyper, answered from bytes the role writes itself.
+//!
+//! A connection starts here when its listener has an [`Express`] (the
+//! edge's public listeners). Each request head is parsed in place with
+//! `httparse`; a [`Simple`] one (`GET` or `HEAD`, HTTP/1.1, no body and no
+//! connection-management headers) is offered to the role, which either
+//! writes the whole response into the connection's output buffer or
+//! declines without counting anything. The first request that is not
+//! simple, or that the role declines (a cache miss, an API call, anything
+//! but a redirect it holds), hands the connection to hyper for good: with
+//! the bytes read so far replayed in front of the socket ([`Replay`]), so
+//! hyper reads that request as if it came first. Responses already written
+//! have been flushed by then, so answers stay in request order. Bad heads
+//! (malformed, too long, HTTP/2's preface, `HTTP/1.0`) are handed over the
+//! same way, and hyper answers them as it always has.
+//!
+//! The lane keeps hyper's limits: the header-read timeout runs from the
+//! moment the connection waits for the next request head (so it also ends
+//! an idle keep-alive connection); a head longer than the listener's limit
+//! is handed to hyper, which refuses it with `431`; on shutdown an idle
+//! connection is closed, and a request read after it began is handed to
+//! hyper, which answers it with `connection: close`.
+//!
+//! Why: over a warm cache, hyper's request and response objects, its
+//! header map and the framing guard's copy were most of the edge's
+//! user-space time per redirect (`bench/RESULTS.md`); here a hit is one
+//! parse and one `write` of bytes copied from the cache.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use super::server::Peer;
+
+/// A request head the express lane may answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Simple<'a> {
+    /// `HEAD` (headers only), else `GET`.
+    pub head: bool,
+    /// The request target: origin-form, as sent (query included).
+    pub target: &'a str,
+    /// The first `User-Agent` value.
+    pub user_agent: Option<&'a [u8]>,
+}
+
+/// A role's answers in the express lane.
+pub trait Express: Send + Sync {
+    /// Appends the whole response to `req` to `out` (see [`write_head`])
+    /// and returns `true`; or returns `false`, having written and counted
+    /// nothing, and hyper answers the request instead.
+    fn answer(&self, req: &Simple<'_>, peer: Peer, out: &mut Vec<u8>) -> bool;
+}
+
+/// The lane's limits, those hyper applies to the same listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request head must be whole within this of the connection's
+    /// starting to wait for it.
+    pub head_timeout: Duration,
+    /// Longer heads go to hyper (which answers `431`).
+    pub max_head: usize,
+}
+
+/// How the lane left a connection.
+pub enum Outcome<IO> {
+    /// Closed (by the peer, a timeout, an error or shutdown).
+    Closed,
+    /// hyper serves the rest, starting with the replayed bytes.
+    Handoff(Replay<IO>),
+}
+
+/// Headers per request head the lane parses; a head with more is handed
+/// over (hyper allows 100).
+const MAX_HEADERS: usize = 32;
+
+/// Serves `io` in the express lane until it closes or needs hyper.
+/// `closing`: the listener is shutting down.
+pub async fn serve<IO>(
+    mut io: IO,
+    express: &dyn Express,
+    peer: Peer,
+    limits: Limits,
+    closing: &CancellationToken,
+) -> Outcome<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(512);
+    let mut deadline = tokio::time::Instant::now() + limits.head_timeout;
+    loop {
+        // Every whole head read so far, in order.
+        let mut handoff = false;
+        while !buf.is_empty() {
+            if closing.is_cancelled() {
+                // hyper answers it, with `connection: close`, and closes.
+                handoff = true;
+                break;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            let answered = match req.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => simple(&req)
+                    .is_some_and(|s| express.answer(&s, peer, &mut out))
+                    .then_some(len),
+                Ok(httparse::Status::Partial) => {
+                    handoff = buf.len() >= limits.max_head;
+                    break;
+                }
+                Err(_) => None,
+            };
+            let Some(len) = answered else {
+                handoff = true;
+                break;
+            };
+            buf.advance(len);
+            deadline = tokio::time::Instant::now() + limits.head_timeout;
+        }
+        if !out.is_empty() {
+            let written = async {
+                io.write_all(&out).await?;
+                io.flush().await
+            };
+            if written.await.is_err() {
+                return Outcome::Closed;
+            }
+            out.clear();
+        }
+        if handoff {
+            return Outcome::Handoff(Replay {
+                prefix: buf.freeze(),
+                io,
+            });
+        }
+        if buf.is_empty() && closing.is_cancelled() {
+            return Outcome::Closed;
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        tokio::select! {
+            read = io.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(deadline) => return Outcome::Closed,
+            () = closing.cancelled(), if buf.is_empty() => return Outcome::Closed,
+        }
+    }
+}
+
+/// `req` as a [`Simple`] request, if it is one.
+fn simple<'a>(req: &httparse::Request<'_, 'a>) -> Option<Simple<'a>> {
+    let head = match req.method? {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return None,
+    };
+    if req.version? != 1 {
+        return None;
+    }
+    let target = req.path.filter(|t| t.starts_with('/'))?;
+    let mut user_agent = None;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"user-agent") {
+            user_agent = user_agent.or(Some(h.value));
+        } else if [
+            &b"content-length"[..],
+            b"transfer-encoding",
+            b"connection",
+            b"upgrade",
+            b"expect",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            // A body, or a say in how the connection goes on: hyper's.
+            return None;
+        }
+    }
+    Some(Simple {
+        head,
+        target,
+        user_agent,
+    })
+}
+
+/// Appends a bodiless response head: the status line, `headers`,
+/// `content-length: 0` and `date`, as hyper writes them.
+pub fn write_head(out: &mut Vec<u8>, status: u16, reason: &str, headers: &[(&str, &[u8])]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let status = status.clamp(100, 999);
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: 0\r\ndate: ");
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        d.refresh();
+        out.extend_from_slice(&d.text);
+    });
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Whether `value` may be sent as a header value as is (the rule of
+/// `http::HeaderValue`: visible ASCII, obs-text, space and tab).
+#[inline]
+pub fn is_header_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
+/// An IMF-fixdate, rendered once a second per thread.
+struct Date {
+    second: u64,
+    text: [u8; 29],
+}
+
+impl Date {
+    fn refresh(&mut self) {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second {
+            let text = httpdate::fmt_http_date(now);
+            if let Ok(text) = <[u8; 29]>::try_from(text.as_bytes()) {
+                self.text = text;
+                self.second = second;
+            }
+        }
+    }
+}
+
+thread_local! {
+    static DATE: std::cell::RefCell<Date> = const {
+        std::cell::RefCell::new(Date { second: 0, text: *b"Thu, 01 Jan 1970 00:00:00 GMT" })
+    };
+}
+
+/// A connection's IO with bytes already read from it put back in front.
+#[derive(Debug)]
+pub struct Replay<IO> {
+    prefix: Bytes,
+    io: IO,
+}
+
+impl<IO> Replay<IO> {
+    /// `io` with nothing to replay.
+    pub fn new(io: IO) -> Replay<IO> {
+        Replay {
+            prefix: Bytes::new(),
+            io,
+        }
+    }
+
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Replay<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Replay<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::DuplexStream;
+
+    /// Answers `GET /a` (and `HEAD /a`) with a 302 to `/x`; declines the rest.
+    #[derive(Default)]
+    struct OnlyA {
+        answered: AtomicUsize,
+    }
+
+    impl Express for OnlyA {
+        fn answer(&self, req: &Simple<'_>, _peer: Peer, out: &mut Vec<u8>) -> bool {
+            if req.target != "/a" {
+                return false;
+            }
+            self.answered.fetch_add(1, Ordering::Relaxed);
+            write_head(out, 302, "Found", &[("location", b"/x")]);
+            true
+        }
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        head_timeout: Duration::from_secs(5),
+        max_head: 8192,
+    };
+
+    /// Runs the lane on one end of a pipe; the test holds the other.
+    fn lane(
+        express: Arc<OnlyA>,
+        closing: CancellationToken,
+    ) -> (DuplexStream, tokio::task::JoinHandle<Outcome<DuplexStream>>) {
+        lane_with(express, closing, LIMITS)
+    }
+
+    fn lane_with(
+        express: Arc<OnlyA>,
+        closing: CancellationToken,
+        limits: Limits,
+    ) -> (DuplexStream, tokio::task::JoinHandle<Outcome<DuplexStream>>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let task =
+            tokio::spawn(async move { serve(server, &*express, peer(), limits, &closing).await });
+        (client, task)
+    }
+
+    use std::sync::Arc;
+
+    /// Reads `n` responses (heads only: the lane's have no body).
+    async fn responses(client: &mut DuplexStream, n: usize) -> Vec<String> {
+        let mut text = Vec::new();
+        let mut byte = [0u8; 1];
+        while text.windows(4).filter(|w| w == b"\r\n\r\n").count() < n {
+            client.read_exact(&mut byte).await.unwrap();
+            text.push(byte[0]);
+        }
+        String::from_utf8(text)
+            .unwrap()
+            .split_inclusive("\r\n\r\n")
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn replayed(outcome: Outcome<DuplexStream>, n: usize) -> Vec<u8> {
+        let Outcome::Handoff(mut io) = outcome else {
+            panic!("expected a handoff");
+        };
+        let mut rest = vec![0; n];
+        io.read_exact(&mut rest).await.unwrap();
+        rest
+    }
+
+    fn simple_of(head: &[u8]) -> Option<(bool, String, Option<Vec<u8>>)> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(head).unwrap().is_complete());
+        simple(&req).map(|s| {
+            (
+                s.head,
+                s.target.to_owned(),
+                s.user_agent.map(<[u8]>::to_vec),
+            )
+        })
+    }
+
+    #[test]
+    fn only_bodiless_http11_get_and_head_are_simple() {
+        assert_eq!(
+            simple_of(
+                b"GET /a?q=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: ua/1\r\nuser-agent: two\r\n\r\n"
+            ),
+            Some((false, "/a?q=1".into(), Some(b"ua/1".to_vec())))
+        );
+        assert_eq!(
+            simple_of(b"HEAD /a HTTP/1.1\r\n\r\n"),
+            Some((true, "/a".into(), None))
+        );
+        for head in [
+            &b"POST /a HTTP/1.1\r\n\r\n"[..],
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+            b"GET http://h/a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.0\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nconnection: keep-alive\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+        ] {
+            assert_eq!(simple_of(head), None, "{}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn a_head_is_written_as_hyper_writes_it() {
+        let mut out = Vec::new();
+        write_head(
+            &mut out,
+            301,
+            "Moved Permanently",
+            &[
+                ("location", b"https://e.com/"),
+                ("cache-control", b"max-age=60"),
+            ],
+        );
+        let text = String::from_utf8(out).unwrap();
+        let date = text
+            .strip_prefix(
+                "HTTP/1.1 301 Moved Permanently\r\nlocation: https://e.com/\r\n\
+                 cache-control: max-age=60\r\ncontent-length: 0\r\ndate: ",
+            )
+            .and_then(|rest| rest.strip_suffix("\r\n\r\n"))
+            .unwrap_or_else(|| panic!("{text:?}"));
+        let parsed = httpdate::parse_http_date(date).unwrap();
+        let off = SystemTime::now().duration_since(parsed).unwrap();
+        assert!(off < Duration::from_secs(2), "{date}");
+    }
+
+    #[test]
+    fn header_values_follow_http_rules() {
+        assert!(is_header_value(b"https://e.com/a b\t\x80"));
+        assert!(!is_header_value(b"a\r\nset-cookie: x"));
+        assert!(!is_header_value(b"a\x7f"));
+        assert!(!is_header_value(b"a\x00"));
+    }
+
+    #[tokio::test]
+    async fn answers_in_order_then_hands_the_rest_to_hyper() {
+        let express = Arc::new(OnlyA::default());
+        let (mut client, task) = lane(express.clone(), CancellationToken::new());
+        let rest = b"GET /b HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n";
+        client
+            .write_all(
+                &[
+                    &b"GET /a HTTP/1.1\r\n\r\nHEAD /a HTTP/1.1\r\n\r\n"[..],
+                    rest,
+                ]
+                .concat(),
+            )
+            .await
+            .unwrap();
+        let answers = responses(&mut client, 2).await;
+        assert_eq!(answers.len(), 2);
+        assert!(answers
+            .iter()
+            .all(|a| a.starts_with("HTTP/1.1 302 Found\r\nlocation: /x\r\n")));
+        // hyper reads what the lane did not answer, from its first byte.
+        assert_eq!(replayed(task.await.unwrap(), rest.len()).await, rest);
+        assert_eq!(express.answered.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_head_split_across_reads_is_answered() {
+        let (mut client, task) = lane(Arc::default(), CancellationToken::new());
+        for part in [&b"GET /a HT"[..], b"TP/1.1\r\nHost: x\r", b"\n\r\n"] {
+            client.write_all(part).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(responses(&mut client, 1).await.len(), 1);
+        drop(client);
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
+    }
+
+    #[tokio::test]
+    async fn bad_and_oversized_heads_go_to_hyper_whole() {
+        for head in [
+            b"GET /a HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(),
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            [&b"GET /a HTTP/1.1\r\nX: "[..], &[b'y'; 9000]].concat(),
+        ] {
+            let (mut client, task) = lane(Arc::default(), CancellationToken::new());
+            client.write_all(&head).await.unwrap();
+            let got = replayed(task.await.unwrap(), head.len().min(LIMITS.max_head)).await;
+            assert_eq!(got, head[..got.len()]);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_or_unfinished_head_times_out() {
+        let limits = Limits {
+            head_timeout: Duration::from_millis(200),
+            ..LIMITS
+        };
+        for sent in [&b""[..], b"GET /a HTTP/1.1\r\n"] {
+            let started = tokio::time::Instant::now();
+            let (mut client, task) = lane_with(Arc::default(), CancellationToken::new(), limits);
+            client.write_all(sent).await.unwrap();
+            assert!(matches!(task.await.unwrap(), Outcome::Closed));
+            assert!(started.elapsed() >= limits.head_timeout);
+        }
+    }
+
+    #[tokio::test]
+    async fn on_shutdown_idle_connections_close_and_new_requests_go_to_hyper() {
+        let closing = CancellationToken::new();
+        let (mut client, task) = lane(Arc::default(), closing.clone());
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(responses(&mut client, 1).await.len(), 1);
+        closing.cancel();
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
+
+        // A request under way when shutdown begins is hyper's to answer
+        // (with `connection: close`).
+        let closing = CancellationToken::new();
+        let (mut client, task) = lane(Arc::default(), closing.clone());
+        client.write_all(b"GET /a HT").await.unwrap();
+        tokio::task::yield_now().await;
+        closing.cancel();
+        tokio::task::yield_now().await;
+        client.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
+        let head = b"GET /a HTTP/1.1\r\n\r\n";
+        assert_eq!(replayed(task.await.unwrap(), head.len()).await, head);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closes_ends_the_lane() {
+        let (mut client, task) = lane(Arc::default(), CancellationToken::new());
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        // Its request is still answered (a half-close is not an abort).
+        assert_eq!(responses(&mut client, 1).await.len(), 1);
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
+    }
+}
