@@ -107,7 +107,8 @@ def report(out, command):
             if pin
             else ""
         )
-        lines += [f"## {mode} mode ({store} behind tier 0), edge with {threads}{where}", ""]
+        clicks = "" if meta.get("clicks", "on") == "on" else ", click counting off"
+        lines += [f"## {mode} mode ({store} behind tier 0), edge with {threads}{where}{clicks}", ""]
         lines += [
             f"Tier 0 held {meta['entries']:.0f} entries after warm-up; "
             f"{meta['lookups_during_measurement']} backend lookups happened during measurement.",

@@ -24,7 +24,9 @@
 # load generator; default: not pinned),
 # BENCH_POSTGRES_URL (admin URL; a database edgelink_bench is recreated),
 # BENCH_REDIS_URL, BENCH_RESULTS (output file), BENCH_BIN (an edgelink
-# binary to measure instead of building this checkout's release).
+# binary to measure instead of building this checkout's release),
+# BENCH_CLICKS (on: the edge counts clicks, its default; off: it does not,
+# the same work as nginx's `return 302`; bench/clicks.sh measures the cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -42,6 +44,9 @@ OHA_DURATION=${BENCH_OHA_DURATION:-10s}
 OHA_LOW_RATE=${BENCH_OHA_LOW_RATE:-20000}
 EDGE_WORKERS=${BENCH_EDGE_WORKERS:-0}
 SEED=${BENCH_SEED:-42}
+CLICKS=${BENCH_CLICKS:-on}
+case "$CLICKS" in on) ANALYTICS=true ;; off) ANALYTICS=false ;; *)
+  echo "BENCH_CLICKS must be on or off" >&2; exit 64 ;; esac
 PIN=${BENCH_PIN:-}
 SERVER_PIN=(); LOAD_PIN=()
 if [ -n "$PIN" ]; then
@@ -137,6 +142,7 @@ for MODE in $MODES; do
   EDGE_PORT=$(free_port); ADMIN_PORT=$(free_port)
   export EDGELINK_CACHE_TTL_SECS=3600   # no expiry inside a run: this measures tier-0 hits
   export EDGELINK_SERVER_WORKERS=$EDGE_WORKERS
+  export EDGELINK_ANALYTICS_ENABLED=$ANALYTICS
   export RUST_LOG=warn
   if [ "$MODE" = embedded ]; then
     DB=$OUT/embedded.db
@@ -180,7 +186,7 @@ for MODE in $MODES; do
     done
   done
   lookups_after=$(metric "$ADMIN_PORT" "edgelink_backend_lookups_total{backend=\"$STORE\"}")
-  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE, $OHA_LOW_RATE], \"edge_workers\": $EDGE_WORKERS, \"pin\": \"$PIN\"}" > "$OUT/$MODE.meta.json"
+  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE, $OHA_LOW_RATE], \"edge_workers\": $EDGE_WORKERS, \"pin\": \"$PIN\", \"clicks\": \"$CLICKS\"}" > "$OUT/$MODE.meta.json"
   kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
 done
 
