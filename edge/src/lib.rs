@@ -644,6 +644,25 @@ impl Express for App {
             None => false,
         }
     }
+
+    /// A valid code the index cannot answer at once (a miss, an unknown,
+    /// expired or disabled link) is looked up and answered in the lane, as
+    /// [`App::serve`] would; everything else goes to hyper.
+    fn respond(&self, req: Request<()>, peer: Peer) -> Option<express::Responding<'_>> {
+        if self.tracer.is_some() || self.access.is_some() {
+            return None;
+        }
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        let Target::Code(_) = self.route(true, req.uri().path(), target_len) else {
+            return None;
+        };
+        Some(Box::pin(async move {
+            let _in_flight = InFlight::enter(&self.metrics.in_flight);
+            let code = req.uri().path().strip_prefix('/').unwrap_or_default();
+            let (resp, tier) = self.redirect(code, &req, peer).await;
+            self.finish(resp, req.method() == Method::HEAD, tier)
+        }))
+    }
 }
 
 impl App {
@@ -720,7 +739,7 @@ impl App {
     /// How a redirect answered now is counted: by its `User-Agent`, or
     /// `None` while counting is off.
     #[inline]
-    fn click(&self, req: &Request<Incoming>) -> Option<clicks::Click> {
+    fn click<B>(&self, req: &Request<B>) -> Option<clicks::Click> {
         self.counting.load(Ordering::Relaxed).then(|| {
             self.bots
                 .classify(req.headers().get(http::header::USER_AGENT))
@@ -874,7 +893,7 @@ impl App {
 
     /// A 404 for a path that is not a code, counted against the client's
     /// 404 budget like any other.
-    fn not_found(&self, req: &Request<Incoming>, peer: Peer) -> Response<Body> {
+    fn not_found<B>(&self, req: &Request<B>, peer: Peer) -> Response<Body> {
         let live = self.live.load();
         if let Some(limit) = &live.not_found {
             let client = live.client_ip(peer, req.headers());
@@ -887,10 +906,10 @@ impl App {
     }
 
     #[inline]
-    async fn redirect(
+    async fn redirect<B: Sync>(
         &self,
         code: &str,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         peer: Peer,
     ) -> (Response<Body>, Tier) {
         // A lookup that misses tier 0 takes a 404 token first, so a client
@@ -947,11 +966,11 @@ impl App {
     /// took a 404 token at the gate, so an unknown code takes no other (a
     /// tier-0 answer takes it now).
     #[inline]
-    fn respond_found(
+    fn respond_found<B>(
         &self,
         answer: Answer,
         paid: bool,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         peer: Peer,
     ) -> Response<Body> {
         match answer {

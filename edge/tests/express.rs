@@ -18,7 +18,11 @@ const HANDOFFS: &str = "edgelink_express_handoffs_total";
 
 /// Sends `requests` at once on a new connection and reads `n` answers
 /// (status line and headers, then `content-length` bytes of body).
-async fn exchange(edge: &TestEdge, requests: &[u8], n: usize) -> Vec<(String, Vec<String>)> {
+async fn exchange(
+    edge: &TestEdge,
+    requests: &[u8],
+    n: usize,
+) -> Vec<(String, Vec<String>, String)> {
     let mut s = TcpStream::connect(edge.addr).await.unwrap();
     s.write_all(requests).await.unwrap();
     let mut buf = Vec::new();
@@ -48,8 +52,9 @@ async fn exchange(edge: &TestEdge, requests: &[u8], n: usize) -> Vec<(String, Ve
             if buf.len() < end + 4 + body {
                 break;
             }
+            let text = String::from_utf8(buf[end + 4..end + 4 + body].to_vec()).unwrap();
             buf.drain(..end + 4 + body);
-            answers.push((status, headers));
+            answers.push((status, headers, text));
         }
     }
     answers
@@ -107,12 +112,28 @@ async fn a_lane_hit_is_the_answer_hyper_gives_and_is_counted_the_same() {
         2,
     )
     .await;
-    for (status, headers) in &answers {
+    for (status, headers, _) in &answers {
         assert_eq!(status, "HTTP/1.1 302 Found");
         assert_eq!(dateless(headers), dateless(&lane[0].1));
     }
     assert_eq!(edge.metric(LANE_HITS).await, before + 4.0);
     assert_eq!(edge.metric(HANDOFFS).await, handoffs + 1.0);
+
+    // A 404 waited for in the lane (the lookup of an unknown code) is
+    // hyper's 404 too, body and all.
+    let lane = exchange(&edge, b"GET /nope1 HTTP/1.1\r\n\r\n", 1).await;
+    let hyper = exchange(
+        &edge,
+        b"GET /nope2 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+        1,
+    )
+    .await;
+    assert_eq!(lane[0].0, "HTTP/1.1 404 Not Found");
+    assert_eq!(lane[0].0, hyper[0].0);
+    assert_eq!(dateless(&lane[0].1), dateless(&hyper[0].1));
+    assert_eq!(lane[0].2, hyper[0].2);
+    assert!(lane[0].2.contains("not_found"), "{}", lane[0].2);
+    assert_eq!(edge.metric(HANDOFFS).await, handoffs + 2.0);
 }
 
 #[tokio::test]
@@ -143,8 +164,8 @@ async fn a_connection_the_lane_cannot_finish_gets_every_answer_in_order() {
 
     let handoffs = edge.metric(HANDOFFS).await;
     // Two hits, then a miss (cold: its first request), a 404, a hit and a
-    // POST, pipelined on one connection: the lane answers the first two,
-    // hyper the rest.
+    // POST, pipelined on one connection: the lane answers all but the POST
+    // (the miss and the 404 after their lookups), hyper the POST.
     let answers = exchange(
         &edge,
         b"GET /hot HTTP/1.1\r\n\r\n\
@@ -156,7 +177,7 @@ async fn a_connection_the_lane_cannot_finish_gets_every_answer_in_order() {
         6,
     )
     .await;
-    let statuses: Vec<&str> = answers.iter().map(|(s, _)| s.as_str()).collect();
+    let statuses: Vec<&str> = answers.iter().map(|(s, _, _)| s.as_str()).collect();
     assert_eq!(
         statuses,
         [
@@ -185,6 +206,17 @@ async fn a_connection_the_lane_cannot_finish_gets_every_answer_in_order() {
         .1
         .iter()
         .any(|h| h.starts_with("cache-control: public, max-age=")));
+    assert_eq!(edge.metric(HANDOFFS).await, handoffs + 1.0, "the POST's");
+
+    // A lookup keeps the connection in the lane.
+    let answers = exchange(
+        &edge,
+        b"GET /no-such-2 HTTP/1.1\r\n\r\nGET /hot HTTP/1.1\r\n\r\n",
+        2,
+    )
+    .await;
+    assert_eq!(answers[0].0, "HTTP/1.1 404 Not Found");
+    assert_eq!(answers[1].0, "HTTP/1.1 302 Found");
     assert_eq!(edge.metric(HANDOFFS).await, handoffs + 1.0);
 }
 
@@ -200,7 +232,7 @@ async fn the_lane_is_off_while_the_access_log_is_on() {
         2,
     )
     .await;
-    assert!(answers.iter().all(|(s, _)| s == "HTTP/1.1 302 Found"));
+    assert!(answers.iter().all(|(s, _, _)| s == "HTTP/1.1 302 Found"));
     // Every request is logged: none skipped hyper's path.
     assert!(
         eventually(Duration::from_secs(5), || async {

@@ -32,6 +32,15 @@ impl Body {
         }
     }
 
+    /// The whole body, unless it streams.
+    pub fn as_full(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Kind::Empty => Some(&[]),
+            Kind::Full(bytes) => Some(bytes),
+            Kind::Stream(_) => None,
+        }
+    }
+
     /// Streams `incoming` frame by frame (trailers included).
     pub fn stream(incoming: Incoming) -> Body {
         Body(Kind::Stream(incoming))

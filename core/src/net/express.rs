@@ -5,15 +5,18 @@
 //! edge's public listeners). Each request head is parsed in place with
 //! `httparse`; a [`Simple`] one (`GET` or `HEAD`, HTTP/1.1, no body and no
 //! connection-management headers) is offered to the role, which either
-//! writes the whole response into the connection's output buffer or
-//! declines without counting anything. The first request that is not
-//! simple, or that the role declines (a cache miss, an API call, anything
-//! but a redirect it holds), hands the connection to hyper for good: with
-//! the bytes read so far replayed in front of the socket ([`Replay`]), so
-//! hyper reads that request as if it came first. Responses already written
-//! have been flushed by then, so answers stay in request order. Bad heads
-//! (malformed, too long, HTTP/2's preface, `HTTP/1.0`) are handed over the
-//! same way, and hyper answers them as it always has.
+//! writes the whole response into the connection's output buffer at once
+//! ([`Express::answer`]: the edge's tier-0 hit), or gives a future of the
+//! response to wait for ([`Express::respond`]: the edge's cache miss, whose
+//! response is then written as hyper would write it), or declines without
+//! counting anything. The first request that is not simple, or that the
+//! role declines (the API, a path that is not a code), hands the
+//! connection to hyper for good: with the bytes read so far replayed in
+//! front of the socket ([`Replay`]), so hyper reads that request as if it
+//! came first. Responses already written have been flushed by then, so
+//! answers stay in request order. Bad heads (malformed, too long, HTTP/2's
+//! preface, `HTTP/1.0`) are handed over the same way, and hyper answers
+//! them as it always has.
 //!
 //! The lane keeps hyper's limits: the header-read timeout runs from the
 //! moment the connection waits for the next request head (so it also ends
@@ -27,16 +30,19 @@
 //! user-space time per redirect (`bench/RESULTS.md`); here a hit is one
 //! parse and one `write` of bytes copied from the cache.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use super::server::Peer;
+use super::Body;
 
 /// A request head the express lane may answer.
 #[derive(Debug, Clone, Copy)]
@@ -49,12 +55,21 @@ pub struct Simple<'a> {
     pub user_agent: Option<&'a [u8]>,
 }
 
+/// A response the express lane waits for ([`Express::respond`]).
+pub type Responding<'a> = Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>;
+
 /// A role's answers in the express lane.
 pub trait Express: Send + Sync {
     /// Appends the whole response to `req` to `out` (see [`write_head`])
-    /// and returns `true`; or returns `false`, having written and counted
-    /// nothing, and hyper answers the request instead.
+    /// and returns `true` (the hot path: nothing to wait for); or returns
+    /// `false`, having written and counted nothing.
     fn answer(&self, req: &Simple<'_>, peer: Peer, out: &mut Vec<u8>) -> bool;
+
+    /// The response to a request [`Express::answer`] declined, when the
+    /// role answers it in the lane all the same (a cache miss, say); it
+    /// must have a whole body ([`Body::as_full`]). `None`, with nothing
+    /// counted: hyper answers it, and the rest of the connection.
+    fn respond(&self, req: Request<()>, peer: Peer) -> Option<Responding<'_>>;
 }
 
 /// The lane's limits, those hyper applies to the same listener.
@@ -97,6 +112,7 @@ where
     loop {
         // Every whole head read so far, in order.
         let mut handoff = false;
+        let mut waited = None;
         while !buf.is_empty() {
             if closing.is_cancelled() {
                 // hyper answers it, with `connection: close`, and closes.
@@ -105,32 +121,58 @@ where
             }
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
-            let answered = match req.parse(&buf) {
-                Ok(httparse::Status::Complete(len)) => simple(&req)
-                    .is_some_and(|s| express.answer(&s, peer, &mut out))
-                    .then_some(len),
+            let step = match req.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => match simple(&req) {
+                    Some(s) if express.answer(&s, peer, &mut out) => Step::Answered(len),
+                    Some(s) => match owned(&s, req.headers) {
+                        Some(owned) => Step::Wait(len, Box::new(owned)),
+                        None => Step::Handoff,
+                    },
+                    None => Step::Handoff,
+                },
                 Ok(httparse::Status::Partial) => {
                     handoff = buf.len() >= limits.max_head;
                     break;
                 }
-                Err(_) => None,
+                Err(_) => Step::Handoff,
             };
-            let Some(len) = answered else {
-                handoff = true;
-                break;
-            };
-            buf.advance(len);
+            match step {
+                Step::Answered(len) => buf.advance(len),
+                Step::Wait(len, req) => {
+                    let Some(responding) = express.respond(*req, peer) else {
+                        handoff = true;
+                        break;
+                    };
+                    buf.advance(len);
+                    waited = Some(responding);
+                    break;
+                }
+                Step::Handoff => {
+                    handoff = true;
+                    break;
+                }
+            }
             deadline = tokio::time::Instant::now() + limits.head_timeout;
         }
-        if !out.is_empty() {
-            let written = async {
-                io.write_all(&out).await?;
-                io.flush().await
-            };
-            if written.await.is_err() {
+        if let Some(responding) = waited {
+            // Answers already written go out first, then this one (the
+            // lane reads nothing meanwhile, as hyper's HTTP/1 does not).
+            let resp = responding.await;
+            if !write_response(&mut out, &resp) {
+                debug_assert!(false, "a response in the lane must have a whole body");
                 return Outcome::Closed;
             }
-            out.clear();
+            deadline = tokio::time::Instant::now() + limits.head_timeout;
+            if !buf.is_empty() {
+                // Pipelined requests after it: write, then take them next.
+                if flush(&mut io, &mut out).await.is_err() {
+                    return Outcome::Closed;
+                }
+                continue;
+            }
+        }
+        if flush(&mut io, &mut out).await.is_err() {
+            return Outcome::Closed;
         }
         if handoff {
             return Outcome::Handoff(Replay {
@@ -153,6 +195,69 @@ where
             () = closing.cancelled(), if buf.is_empty() => return Outcome::Closed,
         }
     }
+}
+
+/// What to do with one whole request head.
+enum Step {
+    /// Answered; its head was this long.
+    Answered(usize),
+    /// The role may answer it after a wait.
+    Wait(usize, Box<Request<()>>),
+    Handoff,
+}
+
+/// Writes `out`, if anything, and empties it.
+async fn flush<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    io.write_all(out).await?;
+    io.flush().await?;
+    out.clear();
+    Ok(())
+}
+
+/// `req` as an owned request for [`Express::respond`]; `None` when a
+/// part of it is not valid for `http` (hyper then answers it).
+fn owned(req: &Simple<'_>, headers: &[httparse::Header<'_>]) -> Option<Request<()>> {
+    let mut owned = Request::new(());
+    *owned.method_mut() = if req.head { Method::HEAD } else { Method::GET };
+    *owned.uri_mut() = req.target.parse().ok()?;
+    let map = owned.headers_mut();
+    for h in headers {
+        map.append(
+            HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(h.value).ok()?,
+        );
+    }
+    Some(owned)
+}
+
+/// Appends `resp` as hyper writes it: the status line, its headers,
+/// `content-length` (unless it has one), `date`, then the body. `false`
+/// (nothing written) when its body streams.
+pub fn write_response(out: &mut Vec<u8>, resp: &Response<Body>) -> bool {
+    let Some(body) = resp.body().as_full() else {
+        return false;
+    };
+    status_line(
+        out,
+        resp.status().as_u16(),
+        resp.status().canonical_reason().unwrap_or(""),
+    );
+    for (name, value) in resp.headers() {
+        header(out, name.as_str(), value.as_bytes());
+    }
+    if !resp.headers().contains_key(http::header::CONTENT_LENGTH) {
+        header(out, "content-length", itoa(body.len()).as_bytes());
+    }
+    date(out);
+    out.extend_from_slice(body);
+    true
+}
+
+fn itoa(n: usize) -> String {
+    n.to_string()
 }
 
 /// `req` as a [`Simple`] request, if it is one.
@@ -195,6 +300,15 @@ fn simple<'a>(req: &httparse::Request<'_, 'a>) -> Option<Simple<'a>> {
 /// Appends a bodiless response head: the status line, `headers`,
 /// `content-length: 0` and `date`, as hyper writes them.
 pub fn write_head(out: &mut Vec<u8>, status: u16, reason: &str, headers: &[(&str, &[u8])]) {
+    status_line(out, status, reason);
+    for (name, value) in headers {
+        header(out, name, value);
+    }
+    out.extend_from_slice(b"content-length: 0\r\n");
+    date(out);
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(b"HTTP/1.1 ");
     let status = status.clamp(100, 999);
     out.extend_from_slice(&[
@@ -205,13 +319,19 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, reason: &str, headers: &[(&str
     ]);
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"content-length: 0\r\ndate: ");
+}
+
+#[inline]
+fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `date` header and the blank line that ends the head.
+fn date(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"date: ");
     DATE.with(|d| {
         let mut d = d.borrow_mut();
         d.refresh();
@@ -332,7 +452,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::DuplexStream;
 
-    /// Answers `GET /a` (and `HEAD /a`) with a 302 to `/x`; declines the rest.
+    /// Answers `GET /a` (and `HEAD /a`) with a 302 to `/x`, and `/slow`
+    /// after a wait with a body; declines the rest.
     #[derive(Default)]
     struct OnlyA {
         answered: AtomicUsize,
@@ -346,6 +467,21 @@ mod tests {
             self.answered.fetch_add(1, Ordering::Relaxed);
             write_head(out, 302, "Found", &[("location", b"/x")]);
             true
+        }
+
+        fn respond(&self, req: Request<()>, _peer: Peer) -> Option<Responding<'_>> {
+            if req.uri().path() != "/slow" {
+                return None;
+            }
+            Some(Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut resp = Response::new(Body::new(Bytes::from_static(b"slow")));
+                *resp.status_mut() = http::StatusCode::NOT_FOUND;
+                let ua = req.headers().get("user-agent").cloned();
+                resp.headers_mut()
+                    .insert("x-ua", ua.unwrap_or(HeaderValue::from_static("-")));
+                resp
+            }))
         }
     }
 
@@ -503,6 +639,41 @@ mod tests {
         // hyper reads what the lane did not answer, from its first byte.
         assert_eq!(replayed(task.await.unwrap(), rest.len()).await, rest);
         assert_eq!(express.answered.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_waited_for_keeps_its_place_and_the_lane() {
+        let express = Arc::new(OnlyA::default());
+        let (mut client, task) = lane(express.clone(), CancellationToken::new());
+        client
+            .write_all(
+                b"GET /a HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\nUser-Agent: ua/2\r\n\r\n\
+                  GET /a HTTP/1.1\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let answers = responses(&mut client, 3).await;
+        assert!(
+            answers[0].starts_with("HTTP/1.1 302 Found\r\n"),
+            "{answers:?}"
+        );
+        assert!(
+            answers[1]
+                .starts_with("HTTP/1.1 404 Not Found\r\nx-ua: ua/2\r\ncontent-length: 4\r\ndate: "),
+            "{answers:?}"
+        );
+        // The body comes before the next answer's head.
+        assert!(
+            answers[2].starts_with("slowHTTP/1.1 302 Found\r\n"),
+            "{answers:?}"
+        );
+        assert_eq!(express.answered.load(Ordering::Relaxed), 2);
+        // Still in the lane: a request after the wait is answered there too.
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(responses(&mut client, 1).await.len(), 1);
+        assert_eq!(express.answered.load(Ordering::Relaxed), 3);
+        drop(client);
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
     }
 
     #[tokio::test]
