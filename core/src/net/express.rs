@@ -155,8 +155,11 @@ where
             deadline = tokio::time::Instant::now() + limits.head_timeout;
         }
         if let Some(responding) = waited {
-            // Answers already written go out first, then this one (the
-            // lane reads nothing meanwhile, as hyper's HTTP/1 does not).
+            // The answers before it go out now, not after its wait; the
+            // lane reads nothing meanwhile (nor does hyper's HTTP/1).
+            if flush(&mut io, &mut out).await.is_err() {
+                return Outcome::Closed;
+            }
             let resp = responding.await;
             if !write_response(&mut out, &resp) {
                 debug_assert!(false, "a response in the lane must have a whole body");
@@ -457,6 +460,8 @@ mod tests {
     #[derive(Default)]
     struct OnlyA {
         answered: AtomicUsize,
+        /// `/slow` is answered once this is notified.
+        gate: tokio::sync::Notify,
     }
 
     impl Express for OnlyA {
@@ -474,7 +479,7 @@ mod tests {
                 return None;
             }
             Some(Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.gate.notified().await;
                 let mut resp = Response::new(Body::new(Bytes::from_static(b"slow")));
                 *resp.status_mut() = http::StatusCode::NOT_FOUND;
                 let ua = req.headers().get("user-agent").cloned();
@@ -652,11 +657,13 @@ mod tests {
             )
             .await
             .unwrap();
-        let answers = responses(&mut client, 3).await;
-        assert!(
-            answers[0].starts_with("HTTP/1.1 302 Found\r\n"),
-            "{answers:?}"
-        );
+        // The answer before the wait is sent before the wait ends.
+        let first = tokio::time::timeout(Duration::from_secs(10), responses(&mut client, 1))
+            .await
+            .expect("the first answer waited for the second");
+        assert!(first[0].starts_with("HTTP/1.1 302 Found\r\n"), "{first:?}");
+        express.gate.notify_one();
+        let answers = [first, responses(&mut client, 2).await].concat();
         assert!(
             answers[1]
                 .starts_with("HTTP/1.1 404 Not Found\r\nx-ua: ua/2\r\ncontent-length: 4\r\ndate: "),
