@@ -221,16 +221,25 @@ impl Index {
         permanent_cache_control: &HeaderValue,
         click: Option<Click>,
     ) -> Option<Answer> {
+        self.with_live(code, hash, |slot| {
+            if let (Some(click), Kind::Redirect { .. }) = (click, slot.kind) {
+                slot.clicks[click as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            slot.answer(permanent_cache_control)
+        })
+    }
+
+    /// `f` of the slot `code` is indexed in, if within its lifetime, under
+    /// the shard's read lock.
+    #[inline]
+    fn with_live<R>(&self, code: &str, hash: u64, f: impl FnOnce(&Slot) -> Option<R>) -> Option<R> {
         let now = self.now_ms();
         let shard = self.shard(hash).read().unwrap_or_else(|p| p.into_inner());
         let slot = shard.find(hash, |s| s.code() == code.as_bytes())?;
         if now >= slot.deadline_ms {
             return None;
         }
-        if let (Some(click), Kind::Redirect { .. }) = (click, slot.kind) {
-            slot.clicks[click as usize].fetch_add(1, Ordering::Relaxed);
-        }
-        slot.answer(permanent_cache_control)
+        f(slot)
     }
 
     /// The express lane's hit: `write(status, location, permanent)` with
@@ -246,26 +255,22 @@ impl Index {
         click: Option<Click>,
         write: impl FnOnce(u16, &[u8], bool) -> R,
     ) -> Option<R> {
-        let now = self.now_ms();
-        let shard = self.shard(hash).read().unwrap_or_else(|p| p.into_inner());
-        let slot = shard.find(hash, |s| s.code() == code.as_bytes())?;
-        if now >= slot.deadline_ms {
-            return None;
-        }
-        let Kind::Redirect { status, permanent } = slot.kind else {
-            return None;
-        };
-        if slot.expires_at != i64::MAX && slot.expires_at <= edgelink_core::link::now_unix() {
-            return None;
-        }
-        let location = slot.block.get(usize::from(slot.code_len)..)?;
-        if !edgelink_core::net::express::is_header_value(location) {
-            return None;
-        }
-        if let Some(click) = click {
-            slot.clicks[click as usize].fetch_add(1, Ordering::Relaxed);
-        }
-        Some(write(status, location, permanent))
+        self.with_live(code, hash, |slot| {
+            let Kind::Redirect { status, permanent } = slot.kind else {
+                return None;
+            };
+            if slot.expires_at != i64::MAX && slot.expires_at <= edgelink_core::link::now_unix() {
+                return None;
+            }
+            let location = slot.block.get(usize::from(slot.code_len)..)?;
+            if !edgelink_core::net::express::is_header_value(location) {
+                return None;
+            }
+            if let Some(click) = click {
+                slot.clicks[click as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            Some(write(status, location, permanent))
+        })
     }
 
     /// Counts a redirect for `code` served from elsewhere than a hit (a
