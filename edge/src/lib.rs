@@ -598,13 +598,14 @@ type Answering = futures_util::future::Either<
 // === impl App ===
 
 /// The express lane ([`edgelink_core::net::express`]): a redirect the
-/// tier-0 index holds, written straight from the index; everything else
-/// (misses, 404s, 410s, other paths, and every request while tracing or
-/// the access log is on) is declined and goes to hyper and [`App::answer`].
+/// tier-0 index holds, written straight from the index; any other valid
+/// code (a miss, a 404 or 410) after its lookup; everything else (other
+/// paths, and every request while tracing or the access log is on) is
+/// declined and goes to hyper and [`App::answer`].
 impl Express for App {
     #[inline]
     fn answer(&self, req: &Simple<'_>, _peer: Peer, out: &mut Vec<u8>) -> bool {
-        if self.tracer.is_some() || self.access.is_some() {
+        if self.observed() {
             return false;
         }
         let path = req
@@ -649,11 +650,10 @@ impl Express for App {
     /// expired or disabled link) is looked up and answered in the lane, as
     /// [`App::serve`] would; everything else goes to hyper.
     fn respond(&self, req: Request<()>, peer: Peer) -> Option<express::Responding<'_>> {
-        if self.tracer.is_some() || self.access.is_some() {
+        if self.observed() {
             return None;
         }
-        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-        let Target::Code(_) = self.route(true, req.uri().path(), target_len) else {
+        let Target::Code(_) = self.target(&req) else {
             return None;
         };
         Some(Box::pin(async move {
@@ -666,6 +666,13 @@ impl Express for App {
 }
 
 impl App {
+    /// Whether requests are traced or logged, which only [`App::handle`]
+    /// does: the hit path and the express lane step aside.
+    #[inline]
+    fn observed(&self) -> bool {
+        self.tracer.is_some() || self.access.is_some()
+    }
+
     /// Answers a public request: a tier-0 hit here and now, the rest
     /// through [`App::handle`].
     #[inline]
@@ -688,7 +695,7 @@ impl App {
     /// `edgelink_http_requests_in_flight`.
     #[inline]
     fn hit(&self, req: &Request<Incoming>, peer: Peer) -> Option<Response<Body>> {
-        if self.tracer.is_some() || self.access.is_some() {
+        if self.observed() {
             return None;
         }
         let Target::Code(code) = self.target(req) else {
@@ -700,7 +707,7 @@ impl App {
     }
 
     #[inline]
-    fn target<'r>(&self, req: &'r Request<Incoming>) -> Target<'r> {
+    fn target<'r, B>(&self, req: &'r Request<B>) -> Target<'r> {
         let readable = req.method() == Method::GET || req.method() == Method::HEAD;
         let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         self.route(readable, req.uri().path(), target_len)
@@ -747,7 +754,7 @@ impl App {
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
-        if self.tracer.is_none() && self.access.is_none() {
+        if !self.observed() {
             return self.serve(req, peer, Decided::Untraced).await;
         }
         self.serve_observed(req, peer).await

@@ -252,15 +252,11 @@ pub fn write_response(out: &mut Vec<u8>, resp: &Response<Body>) -> bool {
         header(out, name.as_str(), value.as_bytes());
     }
     if !resp.headers().contains_key(http::header::CONTENT_LENGTH) {
-        header(out, "content-length", itoa(body.len()).as_bytes());
+        header(out, "content-length", body.len().to_string().as_bytes());
     }
     date(out);
     out.extend_from_slice(body);
     true
-}
-
-fn itoa(n: usize) -> String {
-    n.to_string()
 }
 
 /// `req` as a [`Simple`] request, if it is one.

@@ -101,8 +101,9 @@ pub struct Options {
     /// Simple requests answered without hyper ([`express`]); `None`: every
     /// request goes to hyper.
     pub express: Option<Arc<dyn Express>>,
-    /// The limits hyper applies, for the express lane.
-    pub express_limits: express::Limits,
+    /// hyper's read buffer, which bounds a request head (the express
+    /// lane's too).
+    pub max_head: usize,
     /// Counts the connections the express lane hands to hyper.
     pub express_handoffs: Counter,
 }
@@ -117,10 +118,7 @@ impl Options {
             handshake_timeout: Duration::from_millis(config.header_read_timeout_ms),
             drain: Duration::from_millis(config.drain_timeout_ms),
             express: None,
-            express_limits: express::Limits {
-                head_timeout: Duration::from_millis(config.header_read_timeout_ms),
-                max_head: max_buf_size(config),
-            },
+            max_head: max_buf_size(config),
             express_handoffs: Counter::noop(),
         }
     }
@@ -277,7 +275,10 @@ impl Conn<'_> {
         let io = match &options.express {
             None => Replay::new(io),
             Some(lane) => {
-                let limits = options.express_limits;
+                let limits = express::Limits {
+                    head_timeout: options.handshake_timeout,
+                    max_head: options.max_head,
+                };
                 match express::serve(io, &**lane, peer, limits, &closing).await {
                     Outcome::Closed => return,
                     Outcome::Handoff(io) => {
