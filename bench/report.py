@@ -100,7 +100,12 @@ def report(out, command):
         meta = json.load(open(meta_path))
         store = "SQLite" if mode == "embedded" else "Redis + PostgreSQL"
         workers = meta.get("edge_workers", 0)
-        threads = f"{workers} thread" + ("s" if workers != 1 else "") if workers else "one thread per core (default)"
+        serving = meta.get("serving_threads")
+        threads = (
+            f"{workers} thread" + ("s" if workers != 1 else "")
+            if workers
+            else "one thread per core (default)" + (f": {serving} here" if serving else "")
+        )
         pin = meta.get("pin", "")
         where = (
             f"; servers pinned to CPU {pin.split(':')[0]}, load generator to CPU {pin.split(':')[1]}"

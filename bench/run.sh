@@ -177,6 +177,9 @@ for MODE in $MODES; do
     warm "$MODE-edge-$pass" "$EDGE_PORT"
   done
   entries=$(metric "$ADMIN_PORT" edgelink_cache_entries)
+  # Serving threads: the main one (first listener) and one per further
+  # listener (per-core mode); the default is one per CPU the edge may run on.
+  serving=$(( 1 + $(cat /proc/"$EDGE_PID"/task/*/comm | grep -c '^edgelink-io-' || true) ))
   lookups_before=$(metric "$ADMIN_PORT" "edgelink_backend_lookups_total{backend=\"$STORE\"}")
   log "$MODE: tier 0 holds $entries entries after warm-up; $lookups_before $STORE lookups so far"
 
@@ -195,7 +198,7 @@ for MODE in $MODES; do
     done
   done
   lookups_after=$(metric "$ADMIN_PORT" "edgelink_backend_lookups_total{backend=\"$STORE\"}")
-  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE, $OHA_LOW_RATE], \"edge_workers\": $EDGE_WORKERS, \"pin\": \"$PIN\", \"clicks\": \"$CLICKS\"}" > "$OUT/$MODE.meta.json"
+  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE, $OHA_LOW_RATE], \"edge_workers\": $EDGE_WORKERS, \"serving_threads\": $serving, \"pin\": \"$PIN\", \"clicks\": \"$CLICKS\"}" > "$OUT/$MODE.meta.json"
   kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
 done
 
