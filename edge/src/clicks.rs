@@ -8,14 +8,9 @@
 //! Once a second [`Flusher`] drains the counts into a map keyed by (code,
 //! UTC day) and writes them to the source of truth as additive deltas
 //! ([`LinkStore::add_clicks`]), so any number of edges count the same link.
-//! The deltas are written as flushes of at most [`CHUNK`] (code, day)
-//! pairs, spread over the second: under uniform traffic a second's counts
-//! are tens of thousands of rows, and written at once they held a core for
-//! tens of milliseconds, which showed in the p99 of the redirects served
-//! meanwhile (`bench/RESULTS.md`). A flush is frozen once made, with its
-//! own sequence number: a failed one is retried as it was, and the store
-//! applies each (edge, sequence) once, so a retry after a lost answer never
-//! counts twice. While one is being
+//! A flush is frozen once tried, with its own sequence number: a failed one
+//! is retried as it was, and the store applies each (edge, sequence) once,
+//! so a retry after a lost answer never counts twice. While one is being
 //! retried new counts keep accumulating beside it; together they hold at
 //! most `analytics.max_pending` (code, day) pairs, and clicks for new pairs
 //! beyond that are dropped and counted (`edgelink_clicks_dropped_total`).
@@ -24,7 +19,7 @@
 //! A day is the UTC day of the drain, so a click in the last second of a
 //! day may be counted on the next.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -233,11 +228,7 @@ impl Pending {
     }
 }
 
-/// (code, day) pairs per flush (one transaction): ~1 ms of SQLite.
-pub const CHUNK: usize = 1024;
-
-/// A flush made from pending counts: written, or retried as it is, until
-/// the store takes it.
+/// A flush that was tried: retried as it is until the store takes it.
 struct Frozen {
     seq: u64,
     deltas: Vec<ClickDelta>,
@@ -272,8 +263,7 @@ pub struct Flusher {
     edge: String,
     seq: u64,
     pending: Pending,
-    /// Oldest first.
-    frozen: VecDeque<Frozen>,
+    frozen: Option<Frozen>,
     max_pending: usize,
     metrics: ClickMetrics,
 }
@@ -291,7 +281,7 @@ impl Flusher {
             edge: format!("{:016x}", rand::random::<u64>()),
             seq: 0,
             pending: Pending::default(),
-            frozen: VecDeque::new(),
+            frozen: None,
             max_pending,
             metrics,
         }
@@ -303,7 +293,7 @@ impl Flusher {
     }
 
     fn held(&self) -> usize {
-        self.pending.pairs + self.frozen.iter().map(|f| f.deltas.len()).sum::<usize>()
+        self.pending.pairs + self.frozen.as_ref().map_or(0, |f| f.deltas.len())
     }
 
     /// Moves the index's counts into the pending map, as clicks of `day`.
@@ -327,61 +317,44 @@ impl Flusher {
         self.metrics.pending.set(self.held() as f64);
     }
 
-    /// Freezes what is pending into flushes of at most [`CHUNK`] pairs, in
-    /// key order (so each covers one range of the table's keys), after
-    /// those already frozen.
-    fn freeze(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let mut deltas = self.pending.take();
-        deltas.sort_unstable_by(|a, b| (&a.code, a.day).cmp(&(&b.code, b.day)));
-        let mut deltas = deltas.into_iter().peekable();
-        while deltas.peek().is_some() {
-            self.seq += 1;
-            self.frozen.push_back(Frozen {
-                seq: self.seq,
-                deltas: deltas.by_ref().take(CHUNK).collect(),
-            });
-        }
-    }
-
-    /// Writes the oldest frozen flush, if any.
-    async fn write_one(&mut self) -> Result<(), StoreError> {
-        let Some(frozen) = self.frozen.front() else {
-            return Ok(());
-        };
-        match self
-            .store
-            .add_clicks(&self.edge, frozen.seq, &frozen.deltas)
-            .await
-        {
-            Ok(applied) => {
-                if applied {
-                    let (h, b) = frozen
-                        .deltas
-                        .iter()
-                        .fold((0, 0), |(h, b), d| (h + d.human, b + d.bot));
-                    self.metrics.flushed[0].increment(h);
-                    self.metrics.flushed[1].increment(b);
-                }
-                self.frozen.pop_front();
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.flush_failures.increment(1);
-                self.metrics.pending.set(self.held() as f64);
-                Err(e)
-            }
-        }
-    }
-
-    /// Writes everything, at once: the frozen flushes, then what is
-    /// pending. Stops at the first failure (the rest is kept).
+    /// Writes what is pending: the frozen flush first, then (if that went
+    /// through) the rest, frozen as the next flush.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
-        self.freeze();
-        while !self.frozen.is_empty() {
-            self.write_one().await?;
+        for _ in 0..2 {
+            if self.frozen.is_none() {
+                if self.pending.is_empty() {
+                    break;
+                }
+                self.seq += 1;
+                let deltas = self.pending.take();
+                self.frozen = Some(Frozen {
+                    seq: self.seq,
+                    deltas,
+                });
+            }
+            let Some(frozen) = &self.frozen else { break };
+            match self
+                .store
+                .add_clicks(&self.edge, frozen.seq, &frozen.deltas)
+                .await
+            {
+                Ok(applied) => {
+                    if applied {
+                        let (h, b) = frozen
+                            .deltas
+                            .iter()
+                            .fold((0, 0), |(h, b), d| (h + d.human, b + d.bot));
+                        self.metrics.flushed[0].increment(h);
+                        self.metrics.flushed[1].increment(b);
+                    }
+                    self.frozen = None;
+                }
+                Err(e) => {
+                    self.metrics.flush_failures.increment(1);
+                    self.metrics.pending.set(self.held() as f64);
+                    return Err(e);
+                }
+            }
         }
         self.metrics.pending.set(self.held() as f64);
         Ok(())
@@ -438,28 +411,15 @@ impl Flusher {
             if counting.load(std::sync::atomic::Ordering::Relaxed) {
                 self.collect(today());
             }
-            self.freeze();
-            // One flush, then a pause, so that the writes spread over the
-            // interval instead of holding a core in one burst.
-            let pause = pace(interval, self.frozen.len());
-            while !self.frozen.is_empty() {
-                if let Err(e) = self.write_one().await {
+            match self.flush().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
                     failures += 1;
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(error = %e, failures, "click flush failed; keeping the counts");
                     }
-                    break;
-                }
-                failures = 0;
-                if self.frozen.is_empty() {
-                    break;
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return self,
-                    _ = tokio::time::sleep(pause) => {}
                 }
             }
-            self.metrics.pending.set(self.held() as f64);
         }
     }
 
@@ -492,12 +452,6 @@ impl Flusher {
     }
 }
 
-/// The pause after each of `flushes` writes so that they spread over
-/// `interval` (the last one ends about a pause before the next tick).
-fn pace(interval: Duration, flushes: usize) -> Duration {
-    interval / u32::try_from(flushes.saturating_add(1)).unwrap_or(u32::MAX)
-}
-
 /// Today, UTC.
 pub fn today() -> Date {
     time::OffsetDateTime::now_utc().date()
@@ -507,73 +461,6 @@ pub fn today() -> Date {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn writes_spread_over_the_interval() {
-        let second = Duration::from_secs(1);
-        assert_eq!(pace(second, 0), second);
-        assert_eq!(pace(second, 1), second / 2);
-        assert_eq!(pace(second, 47), second / 48);
-        assert!(pace(second, usize::MAX) < Duration::from_micros(1));
-    }
-
-    /// More pairs than one flush holds: several flushes, each applied
-    /// once, and every click counted.
-    #[tokio::test]
-    async fn a_large_drain_is_written_as_several_flushes() {
-        use edgelink_core::config::SqliteConfig;
-        use edgelink_core::store::sqlite::SqliteStore;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            SqliteStore::open(&SqliteConfig {
-                path: dir.path().join("clicks.db"),
-                readers: 1,
-                timeout_ms: 10_000,
-            })
-            .await
-            .unwrap(),
-        );
-        let index = Arc::new(Index::new());
-        let codes = 2 * CHUNK + 500;
-        for i in 0..codes {
-            let code = format!("c{i:05}");
-            let hash = index.hash(&code);
-            index.count(&code, hash, Click::Human);
-            if i % 3 == 0 {
-                index.count(&code, hash, Click::Bot);
-            }
-        }
-        let mut flusher = Flusher::new(index, store.clone(), 1_000_000, ClickMetrics::noop());
-        let day = today();
-        flusher.collect(day);
-        flusher.flush().await.unwrap();
-        let edge = flusher.edge().to_owned();
-        let flushes: i64 = store
-            .with_writer(Duration::from_secs(5), move |conn| {
-                conn.query_row(
-                    "SELECT count(*) FROM click_flushes WHERE edge = ?1",
-                    [&edge],
-                    |r| r.get(0),
-                )
-                .map_err(|e| StoreError::unavailable("test", e))
-            })
-            .await
-            .unwrap();
-        assert_eq!(flushes, 3, "{codes} pairs in flushes of {CHUNK}");
-        for i in [0, 1, CHUNK, codes - 1] {
-            let got = store.clicks(&format!("c{i:05}"), day, day).await.unwrap();
-            assert_eq!(got.len(), 1);
-            assert_eq!(
-                (got[0].human, got[0].bot),
-                (1, u64::from(i % 3 == 0)),
-                "c{i:05}"
-            );
-        }
-        // Written: nothing left, and a second flush adds nothing.
-        flusher.flush().await.unwrap();
-        let got = store.clicks("c00000", day, day).await.unwrap();
-        assert_eq!((got[0].human, got[0].bot), (1, 1));
-    }
 
     #[test]
     fn browsers_are_people_and_fetchers_are_bots() {
