@@ -50,7 +50,7 @@ async fn upserts(store: &SqliteStore, mut deltas: Vec<ClickDelta>, sort: bool) -
         .with_writer(Duration::from_secs(60), move |conn| {
             let started = Instant::now();
             if sort {
-                deltas.sort_unstable_by(|a, b| (&a.code, a.day).cmp(&(&b.code, b.day)));
+                deltas.sort_unstable_by(ClickDelta::key_cmp);
             }
             let tx = conn.transaction().unwrap();
             {

@@ -51,6 +51,16 @@ pub struct ClickDelta {
     pub bot: u64,
 }
 
+impl ClickDelta {
+    /// The order of `link_clicks`' key, (code, day), in which the stores
+    /// write a flush: PostgreSQL then locks rows in one order (edges
+    /// flushing the same links cannot deadlock), and SQLite's upserts find
+    /// the B-tree pages the last one left in the cache.
+    pub fn key_cmp(&self, other: &ClickDelta) -> std::cmp::Ordering {
+        (&self.code, self.day).cmp(&(&other.code, other.day))
+    }
+}
+
 /// One link's clicks on one UTC day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DailyClicks {

@@ -443,7 +443,7 @@ impl LinkStore for PgStore {
         // One statement, so all or nothing; rows are locked in (code, day)
         // order, so edges flushing the same links cannot deadlock.
         let mut sorted: Vec<&ClickDelta> = deltas.iter().collect();
-        sorted.sort_by(|a, b| (&a.code, a.day).cmp(&(&b.code, b.day)));
+        sorted.sort_by(|a, b| a.key_cmp(b));
         let codes: Vec<&str> = sorted.iter().map(|d| d.code.as_str()).collect();
         let days: Vec<time::Date> = sorted.iter().map(|d| d.day).collect();
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
