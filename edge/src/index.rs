@@ -262,10 +262,8 @@ impl Index {
             if slot.expires_at != i64::MAX && slot.expires_at <= edgelink_core::link::now_unix() {
                 return None;
             }
+            // A valid header value: checked when indexed.
             let location = slot.block.get(usize::from(slot.code_len)..)?;
-            if !edgelink_core::net::express::is_header_value(location) {
-                return None;
-            }
             if let Some(click) = click {
                 slot.clicks[click as usize].fetch_add(1, Ordering::Relaxed);
             }
@@ -330,7 +328,8 @@ impl Index {
 
     /// Indexes `answer` for `code` until `deadline`. `block` must start with
     /// the code and, for a redirect, hold the `Location` value right after
-    /// it (what [`block`] builds and `Answer::Redirect::location` slices).
+    /// it (what [`block`] builds and `Answer::Redirect::location` slices);
+    /// a redirect whose value may not be sent as is is not indexed.
     pub fn insert(&self, code: &str, hash: u64, block: &Bytes, answer: &Answer, deadline: Instant) {
         let Ok(code_len) = u8::try_from(code.len()) else {
             return;
@@ -352,6 +351,14 @@ impl Index {
             Answer::NotFound => Kind::NotFound,
             Answer::Broken => Kind::Broken,
         };
+        // Checked once here, so that a hit copies the value as it is.
+        if matches!(kind, Kind::Redirect { .. })
+            && !block
+                .get(code.len()..)
+                .is_some_and(edgelink_core::net::express::is_header_value)
+        {
+            return;
+        }
         let expires_at = match answer {
             Answer::Redirect {
                 expires_at: Some(e),
@@ -509,6 +516,22 @@ mod tests {
             assert_eq!(&b[..7], b"code123");
             assert_eq!(&b[7..], target.as_bytes());
         }
+    }
+
+    /// The express lane copies a hit's value as it is, so a value that
+    /// could split the response head is never indexed.
+    #[test]
+    fn a_value_that_is_not_a_header_value_is_not_indexed() {
+        let index = Index::new();
+        let (_, answer) = redirect("ok", "https://e.com/a");
+        let bad = block(b"bad", b"https://e.com/\r\nset-cookie: x");
+        insert(&index, "bad", &bad, &answer, Duration::from_secs(60));
+        assert!(get(&index, "bad").is_none());
+        let hash = index.hash("bad");
+        assert!(index
+            .with_redirect("bad", hash, None, |_, _, _| ())
+            .is_none());
+        assert_eq!(index.len(), 0);
     }
 
     #[test]
