@@ -53,6 +53,11 @@ def oha(path):
     }
 
 
+def load(path):
+    """An edgelink-load summary (bench/load): latencies in ms."""
+    return json.load(open(path))
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -88,9 +93,13 @@ def report(out, command):
         "time of all the server's threads (nginx: master and workers) over a round, from",
         "`/proc`, divided by the requests wrk counted; on a shared box it moves less than req/s",
         "does, and it is what the throughput ratio comes down to when the load generator and",
-        "the server share the cores. Open loop: `oha` at a fixed rate of half",
-        "nginx's median uniform req/s (the issue's target point) and at a lower fixed rate,",
-        "`--latency-correction`, redirects not followed.",
+        "the server share the cores. Open loop, at a fixed rate of half nginx's median uniform",
+        "req/s (the issue's target point): `oha` (`--latency-correction`, redirects not",
+        "followed), then `edgelink-load` (bench/load: one thread; each request is due at its",
+        "slot whatever came before, and its latency runs from that slot, so waiting for a",
+        "free connection counts; the first second is left out). Its send lag (slot to",
+        "written) shows whether the generator kept its schedule: a large lag with the server",
+        "idle is the generator's, not the server's.",
         "",
     ]
     for mode in ("embedded", "distributed"):
@@ -162,6 +171,34 @@ def report(out, command):
                 f"| {rate} | {target} | {median([x['rps'] for x in rs]):.0f} | {ms(p('p50'))} | {ms(p('p90'))} "
                 f"| **{ms(p('p99'))}** ({p99s}) | {ms(p('p99.9'))} "
                 f"| {json.dumps(statuses)} | {json.dumps(errors) if errors else 'none'} |"
+            )
+        lines += [
+            "",
+            "Open loop (edgelink-load, latency from each request's due time; median of rounds,",
+            "every round's p99 listed; send lag = due to written):",
+            "",
+            "| rate | target | answered / scheduled | p50 | p90 | p99 | p99.9 | send lag p99 | statuses | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for rate, target in [(r, t) for r in meta.get("load_rates", []) for t in ("nginx", "edge")]:
+            rs = runs(out, f"{mode}-load{rate}-{target}-*.load.json", load)
+            if not rs:
+                continue
+            p = lambda k: median([(x["latency_ms"] or {}).get(k, float("nan")) for x in rs])
+            lag = median([(x["send_lag_ms"] or {}).get("p99", float("nan")) for x in rs])
+            statuses = {}
+            for x in rs:
+                for k, v in x["status"].items():
+                    statuses[k] = statuses.get(k, 0) + v
+            errors = sum(x["errors"] for x in rs)
+            first = next((x["first_error"] for x in rs if x["first_error"]), None)
+            p99s = ", ".join(f"{(x['latency_ms'] or {}).get('p99', float('nan')):.3f}" for x in rs)
+            answered = sum(x["answered"] for x in rs)
+            scheduled = sum(x["scheduled"] for x in rs)
+            lines.append(
+                f"| {rate} | {target} | {answered} / {scheduled} | {p('p50'):.3f} ms | {p('p90'):.3f} ms "
+                f"| **{p('p99'):.3f} ms** ({p99s}) | {p('p99.9'):.3f} ms | {lag:.3f} ms "
+                f"| {json.dumps(statuses)} | {errors}{' (' + first + ')' if first else ''} |"
             )
         lines.append("")
     print("\n".join(lines))

@@ -9,17 +9,20 @@
 #   1. closed loop, wrk: A (nginx) B (edge) alternating, BENCH_ROUNDS rounds,
 #      uniform and Zipf code draws (bench/wrk/codes.lua), with each server's
 #      CPU time per request (from /proc: steadier than req/s on a shared box);
-#   2. open loop, oha at a fixed rate (half nginx's median uniform rate),
-#      latency-corrected, redirects not followed, A B alternating.
+#   2. open loop at a fixed rate (half nginx's median uniform rate), A B
+#      alternating: oha (latency-corrected, redirects not followed), then
+#      edgelink-load (bench/load: one thread, latency from each request's
+#      due time; it holds rates oha cannot on one CPU, and reports its own
+#      send lag so a run where the generator fell behind shows as such).
 # Raw outputs go to bench/out/<stamp>/, the summary to bench/RESULTS.md.
 #
 # Knobs (environment): BENCH_N, BENCH_ROUNDS (3), BENCH_DURATION (10s),
-# BENCH_CONNS (64), BENCH_THREADS (wrk threads, 1), BENCH_OHA_DURATION (10s),
-# BENCH_OHA_LOW_RATE (20000: a second open-loop rate the machine can sustain
-# with the load generator on the same cores), BENCH_EDGE_WORKERS (edge threads;
+# BENCH_CONNS (64), BENCH_THREADS (wrk threads, 1), BENCH_OHA_DURATION (10s:
+# each open-loop run, oha's and edgelink-load's; edgelink-load leaves its
+# first second out of the figures), BENCH_EDGE_WORKERS (edge threads;
 # default: one per core, like nginx's 2 workers here), BENCH_SEED (42),
 # BENCH_PIN ("SERVER_CPUS:LOAD_CPUS", e.g. "1:0": nginx and the edge run on
-# the first CPU list, wrk and oha on the second, so the servers are compared
+# the first CPU list, the load generators on the second, so the servers are compared
 # on equal cores instead of on how the scheduler interleaves them with the
 # load generator; default: not pinned),
 # BENCH_POSTGRES_URL (admin URL; a database edgelink_bench is recreated),
@@ -41,7 +44,8 @@ DURATION=${BENCH_DURATION:-10s}
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-1}
 OHA_DURATION=${BENCH_OHA_DURATION:-10s}
-OHA_LOW_RATE=${BENCH_OHA_LOW_RATE:-20000}
+OPEN_SECS=${OHA_DURATION%s}
+[[ "$OPEN_SECS" =~ ^[0-9]+$ ]] && [ "$OPEN_SECS" -ge 2 ] || { echo "BENCH_OHA_DURATION must be whole seconds, at least 2s" >&2; exit 64; }
 EDGE_WORKERS=${BENCH_EDGE_WORKERS:-0}
 SEED=${BENCH_SEED:-42}
 CLICKS=${BENCH_CLICKS:-on}
@@ -81,12 +85,16 @@ if ! command -v oha >/dev/null; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ -n "${BENCH_BIN:-}" ]; then
   BIN=$BENCH_BIN
+  LOAD=$(dirname "$BENCH_BIN")/edgelink-load
+  [ -x "$LOAD" ] || { log "building edgelink-load"; cargo build --release --quiet -p edgelink-load; LOAD=$TARGET/release/edgelink-load; }
 else
   log "building release"
-  cargo build --release --quiet
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/edgelink
+  cargo build --release --quiet   # the edgelink binary and edgelink-load
+  BIN=$TARGET/release/edgelink
+  LOAD=$TARGET/release/edgelink-load
 fi
 
 PIDS=()
@@ -132,6 +140,13 @@ run_oha() { # name port rate
   awk -v n="$N" -v port="$2" -v seed="$SEED" 'BEGIN { srand(seed); for (i = 0; i < 65536; i++) printf "http://127.0.0.1:%d/k%07d\n", port, int(rand() * n) }' > "$OUT/urls-$2.txt"
   "${LOAD_PIN[@]}" oha --no-tui --urls-from-file -z "$OHA_DURATION" -q "$3" --latency-correction -r 0 -c "$CONNS" \
     --output-format json -o "$OUT/$1.oha.json" "$OUT/urls-$2.txt"
+}
+
+# The same seeded draws as oha's URL list, as paths.
+awk -v n="$N" -v seed="$SEED" 'BEGIN { srand(seed); for (i = 0; i < 65536; i++) printf "/k%07d\n", int(rand() * n) }' > "$OUT/paths.txt"
+run_load() { # name port rate
+  "${LOAD_PIN[@]}" "$LOAD" "127.0.0.1:$2" --rate "$3" --duration "$OPEN_SECS" --warmup 1 --connections "$CONNS" \
+    --paths "$OUT/paths.txt" --seed "$SEED" --json "$OUT/$1.load.json" > "$OUT/$1.load.txt"
 }
 
 metric() { # admin_port series
@@ -190,15 +205,17 @@ for MODE in $MODES; do
     done
   done
   RATE=$(python3 "$ROOT/bench/report.py" half-rate "$OUT" "$MODE")
-  for rate in "$RATE" "$OHA_LOW_RATE"; do
-    log "$MODE: open loop at $rate req/s"
-    for r in $(seq 1 "$ROUNDS"); do
-      run_oha "$MODE-oha$rate-nginx-$r" "$NGINX_PORT" "$rate"
-      run_oha "$MODE-oha$rate-edge-$r" "$EDGE_PORT" "$rate"
-    done
+  log "$MODE: open loop at $RATE req/s (oha, then edgelink-load)"
+  for r in $(seq 1 "$ROUNDS"); do
+    run_oha "$MODE-oha$RATE-nginx-$r" "$NGINX_PORT" "$RATE"
+    run_oha "$MODE-oha$RATE-edge-$r" "$EDGE_PORT" "$RATE"
+  done
+  for r in $(seq 1 "$ROUNDS"); do
+    run_load "$MODE-load$RATE-nginx-$r" "$NGINX_PORT" "$RATE"
+    run_load "$MODE-load$RATE-edge-$r" "$EDGE_PORT" "$RATE"
   done
   lookups_after=$(metric "$ADMIN_PORT" "edgelink_backend_lookups_total{backend=\"$STORE\"}")
-  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE, $OHA_LOW_RATE], \"edge_workers\": $EDGE_WORKERS, \"serving_threads\": $serving, \"pin\": \"$PIN\", \"clicks\": \"$CLICKS\"}" > "$OUT/$MODE.meta.json"
+  echo "{\"entries\": $entries, \"lookups_during_measurement\": $(( ${lookups_after%.*} - ${lookups_before%.*} )), \"rates\": [$RATE], \"load_rates\": [$RATE], \"edge_workers\": $EDGE_WORKERS, \"serving_threads\": $serving, \"pin\": \"$PIN\", \"clicks\": \"$CLICKS\"}" > "$OUT/$MODE.meta.json"
   kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true
 done
 
@@ -209,6 +226,7 @@ done
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //')"
   echo "wrk: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
   echo "oha: $(oha --version)"
+  echo "edgelink-load: $("$LOAD" --version)"
   echo "rustc: $(rustc --version)"
   echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
   if [ -n "${BENCH_BIN:-}" ]; then echo "binary: $BENCH_BIN (given by BENCH_BIN, not built from the commit above)"; fi
