@@ -432,6 +432,24 @@ pub struct AnalyticsConfig {
     /// flush being retried; clicks for new pairs beyond it are dropped
     /// (`edgelink_clicks_dropped_total`).
     pub max_pending: usize,
+    /// The flush thread's CPU priority (read at start).
+    pub flush_priority: FlushPriority,
+}
+
+/// How the click-flush thread competes for CPU with the threads that serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushPriority {
+    /// Linux `SCHED_IDLE`: it runs when a CPU has nothing else to do, and a
+    /// serving thread that wakes takes the CPU from it at once. A flush
+    /// (tens of milliseconds a second under uniform traffic) then never
+    /// stands in front of requests on a shared CPU. On a machine kept
+    /// entirely busy it gets only a sliver of CPU, its counts wait, and
+    /// beyond `max_pending` clicks are dropped (counted): serving wins.
+    Idle,
+    /// The scheduler's default: it takes its turn beside the serving
+    /// threads, and requests wait behind it on a shared CPU.
+    Normal,
 }
 
 impl Default for AnalyticsConfig {
@@ -440,6 +458,7 @@ impl Default for AnalyticsConfig {
             enabled: true,
             flush_interval_ms: 1_000,
             max_pending: 100_000,
+            flush_priority: FlushPriority::Idle,
         }
     }
 }
@@ -1256,6 +1275,18 @@ mod tests {
 
         std::fs::write(&path, "[redirect]\ndefault_status = 303\n").unwrap();
         assert!(Config::load(Some(&path), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn the_click_flush_runs_at_idle_priority_unless_told_otherwise() {
+        let cfg = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(cfg.analytics.flush_priority, FlushPriority::Idle);
+        let vars = env(&[("EDGELINK_ANALYTICS_FLUSH_PRIORITY", "normal")]);
+        let cfg = Config::load(None, &vars).unwrap();
+        assert_eq!(cfg.analytics.flush_priority, FlushPriority::Normal);
+        let vars = env(&[("EDGELINK_ANALYTICS_FLUSH_PRIORITY", "low")]);
+        let e = Config::load(None, &vars).unwrap_err();
+        assert!(e.to_string().contains("flush_priority"), "{e}");
     }
 
     #[test]

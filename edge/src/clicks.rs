@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use edgelink_core::config::FlushPriority;
 use edgelink_core::store::ClickDelta;
 use edgelink_core::{LinkStore, StoreError};
 use http::HeaderValue;
@@ -31,6 +32,29 @@ use metrics::{Counter, Gauge};
 use time::Date;
 
 use crate::index::Index;
+
+/// Puts the calling thread at `priority`. [`FlushPriority::Normal`]
+/// leaves it as it is; [`FlushPriority::Idle`] is Linux's `SCHED_IDLE`
+/// (and nice 19), which any thread may take for itself.
+pub fn set_priority(priority: FlushPriority) -> Result<(), String> {
+    match priority {
+        FlushPriority::Normal => Ok(()),
+        #[cfg(target_os = "linux")]
+        FlushPriority::Idle => {
+            use thread_priority::{
+                NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            };
+            thread_priority::set_thread_priority_and_policy(
+                thread_priority::thread_native_id(),
+                ThreadPriority::Min,
+                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+            )
+            .map_err(|e| format!("SCHED_IDLE: {e:?}"))
+        }
+        #[cfg(not(target_os = "linux"))]
+        FlushPriority::Idle => Err("SCHED_IDLE is Linux's".into()),
+    }
+}
 
 /// Who clicked, by `User-Agent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,20 +388,38 @@ impl Flusher {
     /// with a single-threaded runtime), so that collecting, freezing and
     /// encoding a flush (tens of thousands of codes a second under
     /// uniform traffic) never holds up a thread that serves requests.
+    /// It and its runtime's blocking threads (`edgelink-clk-io`: the
+    /// SQLite writes) run at `priority`: at [`FlushPriority::Idle`] a
+    /// flush on a CPU that also serves waits for that CPU to be free
+    /// instead of taking turns with requests (`bench/RESULTS.md`).
     /// [`FlushThread::finish`] makes the final flush.
     pub fn spawn(
         self,
         interval: Duration,
+        priority: FlushPriority,
         counting: Arc<std::sync::atomic::AtomicBool>,
         stop: edgelink_core::shutdown::CancellationToken,
     ) -> std::io::Result<FlushThread> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .thread_name("edgelink-clk-io")
+            // Blocking threads are made by the flusher's thread and would
+            // inherit its policy anyway; this does not depend on that.
+            .on_thread_start(move || {
+                let _ = set_priority(priority);
+            })
             .build()?;
         let (last, finish) = tokio::sync::oneshot::channel::<Duration>();
         let thread = std::thread::Builder::new()
             .name("edgelink-clicks".into())
             .spawn(move || {
+                match set_priority(priority) {
+                    Ok(()) => tracing::debug!(?priority, "click flushes"),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "click flushes run at normal priority: analytics.flush_priority = \"idle\" could not be applied"
+                    ),
+                }
                 rt.block_on(async move {
                     let flusher = self.run(interval, counting, stop).await;
                     // No final-flush request means the edge failed before
@@ -461,6 +503,28 @@ pub fn today() -> Date {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The calling thread's scheduling policy, from field 41 of
+    /// `/proc/thread-self/stat` (0 `SCHED_OTHER`, 5 `SCHED_IDLE`).
+    #[cfg(target_os = "linux")]
+    fn policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command's closing parenthesis start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn idle_priority_is_sched_idle_and_normal_leaves_the_thread_alone() {
+        let on_thread = |p| {
+            std::thread::spawn(move || (set_priority(p), policy()))
+                .join()
+                .unwrap()
+        };
+        assert_eq!(on_thread(FlushPriority::Idle), (Ok(()), 5));
+        assert_eq!(on_thread(FlushPriority::Normal), (Ok(()), 0));
+    }
 
     #[test]
     fn browsers_are_people_and_fetchers_are_bots() {

@@ -287,7 +287,7 @@ pub async fn run_with(
     });
     let flusher = clicks::Flusher::new(
         app.resolver.index().clone(),
-        stores.source.clone(),
+        click_store(&config, &stores).await,
         config.analytics.max_pending,
         metrics.clicks.clone(),
     );
@@ -410,6 +410,7 @@ pub async fn run_with(
     let invalidating = apply_invalidations(app.clone(), invalidations, shutdown.clone());
     let flusher = flusher.spawn(
         Duration::from_millis(config.analytics.flush_interval_ms),
+        config.analytics.flush_priority,
         app.counting.clone(),
         shutdown.clone(),
     )?;
@@ -439,6 +440,28 @@ pub async fn run_with(
     }
     tracing::info!("edge stopped");
     Ok(())
+}
+
+/// The store the click flusher writes to. A pooled PostgreSQL connection is
+/// driven by the runtime that opened it, and the flusher has a runtime of
+/// its own on a thread that may run at idle priority: a connection it opened
+/// in the shared pool would go on to carry requests' lookups on that thread.
+/// So with PostgreSQL as the source of truth the flusher gets a pool of its
+/// own (at most two connections); SQLite's writes are made on blocking
+/// threads, one call at a time, and need none.
+async fn click_store(config: &Config, stores: &Stores) -> Arc<dyn edgelink_core::LinkStore> {
+    if stores.embedded.is_some() || stores.source.name() != "postgres" {
+        return stores.source.clone();
+    }
+    let mut pg = config.postgres.clone();
+    pg.pool_size = pg.pool_size.min(2);
+    match edgelink_core::store::postgres::PgStore::connect(&pg).await {
+        Ok(store) => Arc::new(store),
+        Err(e) => {
+            tracing::warn!(error = %e, "click flushes share the edge's PostgreSQL pool");
+            stores.source.clone()
+        }
+    }
 }
 
 /// Periodic work: the request-rate and cache-size gauges, index sweeps and

@@ -275,3 +275,56 @@ async fn pending_counts_are_bounded_and_what_is_dropped_is_counted() {
     assert_eq!(written + dropped, sent);
     edge.stop().await;
 }
+
+/// The scheduling policy of each of this process's threads called `name`
+/// (field 41 of `/proc/self/task/TID/stat`: 0 `SCHED_OTHER`, 5 `SCHED_IDLE`).
+fn policies(name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended
+        };
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        if comm.trim_end() == name {
+            // Fields after the command's closing parenthesis start at 3.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            found.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_and_their_sqlite_writes_run_at_idle_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = counting_config(50);
+    let stores = sqlite_stores(&dir, &mut config).await;
+    insert(
+        stores.source.as_ref(),
+        &[link("a", "https://example.com/a")],
+    )
+    .await;
+    let source = stores.source.clone();
+    let edge = TestEdge::start(config, stores).await;
+    // A browser, a link-preview fetcher, a phone: two people and a bot.
+    click(&edge, "a", 3, 0).await;
+    let written = eventually(Duration::from_secs(10), || async {
+        counted(source.as_ref(), "a").await == (2, 1)
+    })
+    .await;
+    assert!(written, "the clicks were never flushed");
+    // Every edge of this test process runs with the default priority.
+    let flushers = policies("edgelink-clicks");
+    assert!(!flushers.is_empty(), "no flush thread found");
+    assert!(flushers.iter().all(|&p| p == 5), "{flushers:?}");
+    let writers = policies("edgelink-clk-io");
+    assert!(
+        !writers.is_empty(),
+        "the SQLite writes ran on no thread of the flusher's"
+    );
+    assert!(writers.iter().all(|&p| p == 5), "{writers:?}");
+    edge.stop().await;
+}
