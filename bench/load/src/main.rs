@@ -78,6 +78,13 @@ struct Args {
     /// Also write the summary here, as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write each recorded request slower than `--slow-ms` here, one a
+    /// line: its due time (ms from the start) and its latency (ms); to see
+    /// when stalls happen, e.g. against a once-a-second job.
+    #[arg(long)]
+    slow_log: Option<PathBuf>,
+    #[arg(long, default_value_t = 1.0)]
+    slow_ms: f64,
 }
 
 /// Largest answer head and body accepted.
@@ -171,6 +178,9 @@ struct Tally {
     /// or answer unreadable, or still out after the drain).
     errors: u64,
     reconnects: u64,
+    /// (due, latency) in ns from the start, of recorded requests slower
+    /// than `--slow-ms`, when `--slow-log` is given.
+    slow: Vec<(u64, u64)>,
     /// First error seen, for the report.
     first_error: Option<String>,
 }
@@ -248,6 +258,11 @@ struct Load<'a> {
     in_flight: usize,
     /// Requests numbered below this are not recorded.
     record_from: u64,
+    /// When request 0 is due.
+    start: Instant,
+    /// Latency from which a request goes into `Tally::slow` (`u64::MAX`:
+    /// none does).
+    slow_ns: u64,
     tally: Tally,
 }
 
@@ -364,7 +379,12 @@ impl Load<'_> {
                     self.in_flight -= 1;
                     self.tally.answered += 1;
                     if k >= self.record_from {
-                        self.tally.latency_ns.push(nanos(latency));
+                        let ns = nanos(latency);
+                        self.tally.latency_ns.push(ns);
+                        if ns >= self.slow_ns {
+                            let at = nanos(due.saturating_duration_since(self.start));
+                            self.tally.slow.push((at, ns));
+                        }
                         *self.tally.statuses.entry(status).or_default() += 1;
                     }
                     if close {
@@ -393,7 +413,7 @@ impl Load<'_> {
         let mut events = Events::with_capacity(1024);
         let mut rng = Rng(args.seed);
         let total = args.rate * args.duration;
-        let start = Instant::now() + Duration::from_millis(20);
+        let start = self.start;
         let due = |k: u64| {
             let ns = u128::from(k) * 1_000_000_000 / u128::from(args.rate);
             start + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
@@ -495,35 +515,50 @@ fn ms(ns: u64) -> f64 {
     (ns / 1000) as f64 / 1000.0
 }
 
-/// The run's summary, as printed and as written with `--json`.
-struct Summary(serde_json::Value);
+/// The run's summary, as printed and as written with `--json`, and the
+/// lines for `--slow-log`.
+struct Summary(serde_json::Value, Option<String>);
 
 impl Summary {
     fn new(args: &Args, tally: Tally, unsent: u64, elapsed: Duration) -> Summary {
+        let slow = args.slow_log.as_ref().map(|_| {
+            let mut lines = String::from("# due_ms latency_ms\n");
+            for (at, ns) in &tally.slow {
+                lines.push_str(&format!(
+                    "{:.3} {:.3}\n",
+                    *at as f64 / 1e6,
+                    *ns as f64 / 1e6
+                ));
+            }
+            lines
+        });
         let statuses: serde_json::Map<String, serde_json::Value> = tally
             .statuses
             .iter()
             .map(|(s, n)| (s.to_string(), (*n).into()))
             .collect();
-        Summary(serde_json::json!({
-            "addr": args.addr.to_string(),
-            "rate": args.rate,
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "connections": args.connections,
-            "scheduled": args.rate * args.duration,
-            "sent": tally.sent,
-            "unsent": unsent,
-            "answered": tally.answered,
-            "errors": tally.errors,
-            "reconnects": tally.reconnects,
-            "first_error": tally.first_error,
-            "elapsed_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-            "recorded": tally.latency_ns.len(),
-            "status": statuses,
-            "latency_ms": percentiles(tally.latency_ns),
-            "send_lag_ms": percentiles(tally.lag_ns),
-        }))
+        Summary(
+            serde_json::json!({
+                "addr": args.addr.to_string(),
+                "rate": args.rate,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "connections": args.connections,
+                "scheduled": args.rate * args.duration,
+                "sent": tally.sent,
+                "unsent": unsent,
+                "answered": tally.answered,
+                "errors": tally.errors,
+                "reconnects": tally.reconnects,
+                "first_error": tally.first_error,
+                "elapsed_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                "recorded": tally.latency_ns.len(),
+                "status": statuses,
+                "latency_ms": percentiles(tally.latency_ns),
+                "send_lag_ms": percentiles(tally.lag_ns),
+            }),
+            slow,
+        )
     }
 
     fn print(&self) {
@@ -577,6 +612,12 @@ fn main() -> ExitCode {
         }
     };
     summary.print();
+    if let (Some(path), Some(slow)) = (&args.slow_log, &summary.1) {
+        if let Err(e) = std::fs::write(path, slow) {
+            eprintln!("edgelink-load: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(path) = &args.json {
         if let Err(e) = std::fs::write(path, summary.0.to_string()) {
             eprintln!("edgelink-load: {}: {e}", path.display());
@@ -609,6 +650,11 @@ fn measure(args: &Args, requests: &Requests) -> io::Result<Summary> {
         idle: (0..args.connections).rev().collect(),
         in_flight: 0,
         record_from: args.rate * args.warmup,
+        start: Instant::now() + Duration::from_millis(20),
+        slow_ns: match args.slow_log {
+            Some(_) => (args.slow_ms.max(0.0) * 1e6) as u64,
+            None => u64::MAX,
+        },
         tally: Tally {
             latency_ns: Vec::with_capacity(expected),
             lag_ns: Vec::with_capacity(expected),
@@ -713,6 +759,8 @@ mod tests {
             seed: 1,
             drain: 2,
             json: None,
+            slow_log: None,
+            slow_ms: 1.0,
         }
     }
 
@@ -720,7 +768,13 @@ mod tests {
     fn every_scheduled_request_is_answered_and_the_second_second_recorded() {
         let addr = server(3);
         let requests = Requests::build("/a\n/b\n", addr).unwrap();
-        let summary = measure(&args(addr), &requests).unwrap().0;
+        let mut args = args(addr);
+        args.slow_log = Some(PathBuf::from("unused"));
+        args.slow_ms = 0.0;
+        let Summary(summary, slow) = measure(&args, &requests).unwrap();
+        // At a threshold of 0 every recorded request is "slow": one line
+        // each, after the header.
+        assert_eq!(slow.unwrap().lines().count(), 1 + 2_000);
         assert_eq!(summary["scheduled"], 4_000);
         assert_eq!(summary["sent"], 4_000);
         assert_eq!(summary["answered"], 4_000, "{summary}");
