@@ -40,6 +40,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "clicks",
         sql: include_str!("../migrations/postgres/0005_clicks.sql"),
     },
+    Migration {
+        version: 6,
+        name: "click_fillfactor",
+        sql: include_str!("../migrations/postgres/0006_click_fillfactor.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -111,7 +116,7 @@ mod tests {
     fn pending_skips_applied_and_refuses_newer_schemas() {
         assert_eq!(pending(POSTGRES, &[]).unwrap().len(), POSTGRES.len());
         assert_eq!(pending(POSTGRES, &[1]).unwrap()[0].version, 2);
-        assert!(pending(POSTGRES, &[1, 2, 3, 4, 5]).unwrap().is_empty());
+        assert!(pending(POSTGRES, &[1, 2, 3, 4, 5, 6]).unwrap().is_empty());
         assert_eq!(pending(POSTGRES, &[1, 2, 3, 4]).unwrap()[0].name, "clicks");
         assert!(pending(POSTGRES, &[1, 99]).is_err());
     }

@@ -400,6 +400,23 @@ async fn postgres_clicks_add_up_once_per_flush() {
 }
 
 #[tokio::test]
+async fn postgres_click_pages_keep_room_for_in_place_updates() {
+    let db = TestDb::create().await;
+    pg(&db).await;
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE relname = 'link_clicks'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let options: Option<Vec<String>> = row.get(0);
+    assert_eq!(options, Some(vec!["fillfactor=70".to_owned()]));
+}
+
+#[tokio::test]
 async fn sqlite_clicks_add_up_once_per_flush() {
     let dir = tempfile::tempdir().unwrap();
     let store =
