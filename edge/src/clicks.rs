@@ -504,14 +504,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// The calling thread's scheduling policy, from field 41 of
-    /// `/proc/thread-self/stat` (0 `SCHED_OTHER`, 5 `SCHED_IDLE`).
+    /// The calling thread's scheduling policy.
     #[cfg(target_os = "linux")]
     fn policy() -> u32 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // Fields after the command's closing parenthesis start at field 3.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+        edgelink_core::testing::sched_policy(&stat).unwrap()
     }
 
     #[cfg(target_os = "linux")]

@@ -450,7 +450,7 @@ pub async fn run_with(
 /// own (at most two connections); SQLite's writes are made on blocking
 /// threads, one call at a time, and need none.
 async fn click_store(config: &Config, stores: &Stores) -> Arc<dyn edgelink_core::LinkStore> {
-    if stores.embedded.is_some() || stores.source.name() != "postgres" {
+    if stores.source.name() != "postgres" {
         return stores.source.clone();
     }
     let mut pg = config.postgres.clone();

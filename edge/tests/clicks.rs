@@ -277,7 +277,7 @@ async fn pending_counts_are_bounded_and_what_is_dropped_is_counted() {
 }
 
 /// The scheduling policy of each of this process's threads called `name`
-/// (field 41 of `/proc/self/task/TID/stat`: 0 `SCHED_OTHER`, 5 `SCHED_IDLE`).
+/// (0 `SCHED_OTHER`, 5 `SCHED_IDLE`).
 fn policies(name: &str) -> Vec<u32> {
     let mut found = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap() {
@@ -289,9 +289,7 @@ fn policies(name: &str) -> Vec<u32> {
             continue;
         };
         if comm.trim_end() == name {
-            // Fields after the command's closing parenthesis start at 3.
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            found.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+            found.push(edgelink_core::testing::sched_policy(&stat).unwrap());
         }
     }
     found

@@ -18,6 +18,15 @@ pub fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// A thread's scheduling policy, from its `/proc/.../stat` line: field 41,
+/// counting from 1, after the command in parentheses (0 `SCHED_OTHER`,
+/// 5 `SCHED_IDLE`).
+pub fn sched_policy(stat: &str) -> Option<u32> {
+    // Fields after the command's closing parenthesis start at field 3.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(41 - 3)?.parse().ok()
+}
+
 /// The shared Redis; `EDGELINK_TEST_REDIS_URL` overrides.
 pub fn redis_url() -> String {
     std::env::var("EDGELINK_TEST_REDIS_URL")
