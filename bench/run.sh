@@ -88,8 +88,10 @@ fi
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ -n "${BENCH_BIN:-}" ]; then
   BIN=$BENCH_BIN
-  LOAD=$(dirname "$BENCH_BIN")/edgelink-load
-  [ -x "$LOAD" ] || { log "building edgelink-load"; cargo build --release --quiet -p edgelink-load; LOAD=$TARGET/release/edgelink-load; }
+  # The generator always from this checkout, whatever built BENCH_BIN.
+  log "building edgelink-load"
+  cargo build --release --quiet -p edgelink-load
+  LOAD=$TARGET/release/edgelink-load
 else
   log "building release"
   cargo build --release --quiet   # the edgelink binary and edgelink-load
