@@ -45,6 +45,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "click_fillfactor",
         sql: include_str!("../migrations/postgres/0006_click_fillfactor.sql"),
     },
+    Migration {
+        version: 7,
+        name: "click_edges",
+        sql: include_str!("../migrations/postgres/0007_click_edges.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -72,6 +77,11 @@ pub const SQLITE: &[Migration] = &[
         version: 5,
         name: "clicks",
         sql: include_str!("../migrations/sqlite/0005_clicks.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "click_edges",
+        sql: include_str!("../migrations/sqlite/0006_click_edges.sql"),
     },
 ];
 

@@ -368,6 +368,17 @@ async fn clicks_add_up_once_per_flush(store: &dyn LinkStore) {
         .add_clicks("edge1", 2, &[delta("a", next, 1, 1)])
         .await
         .unwrap());
+    // An edge's writes go in increasing seq: one at or below its highest
+    // applied is a retry, whichever it is.
+    for seq in [2, 1] {
+        assert!(
+            !store
+                .add_clicks("edge1", seq, &[delta("a", next, 100, 100)])
+                .await
+                .unwrap(),
+            "seq {seq} after 2"
+        );
+    }
     let a = store.clicks("a", day, next).await.unwrap();
     assert_eq!(
         a,
@@ -414,6 +425,39 @@ async fn postgres_click_pages_keep_room_for_in_place_updates() {
         .unwrap();
     let options: Option<Vec<String>> = row.get(0);
     assert_eq!(options, Some(vec!["fillfactor=70".to_owned()]));
+}
+
+/// The store remembers an edge's highest applied seq, not every flush: a
+/// thousand writes of one edge leave one row.
+#[tokio::test]
+async fn postgres_keeps_one_click_row_per_edge() {
+    let db = TestDb::create().await;
+    let store = pg(&db).await;
+    let day = time::macros::date!(2026 - 11 - 25);
+    for seq in 1..=1_000 {
+        let delta = edgelink_core::store::ClickDelta {
+            code: format!("c{}", seq % 7),
+            day,
+            human: 1,
+            bot: 0,
+        };
+        assert!(store.add_clicks("edge1", seq, &[delta]).await.unwrap());
+    }
+    let client = db.client().await;
+    let rows: Vec<(String, i64)> = client
+        .query("SELECT edge, seq FROM click_edges", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![("edge1".to_owned(), 1_000)]);
+    let total: i64 = client
+        .query_one("SELECT sum(human)::int8 FROM link_clicks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 1_000);
 }
 
 #[tokio::test]

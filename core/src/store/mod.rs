@@ -107,10 +107,13 @@ pub trait LinkStore: Send + Sync + 'static {
     /// `limit` (capped at [`MAX_LIST`]).
     async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<Link>, StoreError>;
 
-    /// Adds a flush of click counts, all or nothing, at most once per
-    /// `(edge, seq)`: `Ok(false)` when that flush was applied before (a
-    /// retry after a lost answer), and nothing is added again. `deltas`
-    /// holds each (code, day) once.
+    /// Adds a flush of click counts, all or nothing, if `seq` is above
+    /// every seq applied for `edge` before: `Ok(false)` when it is not (a
+    /// retry after a lost answer), and nothing is added again. An edge
+    /// writes its flushes one at a time in increasing seq and retries the
+    /// oldest until it is taken, so "above the highest" is "not applied";
+    /// the store keeps one row per edge. `deltas` holds each (code, day)
+    /// once.
     async fn add_clicks(
         &self,
         edge: &str,

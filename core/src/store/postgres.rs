@@ -54,12 +54,15 @@ const UPDATE_LINK: &str = "UPDATE links SET \
      WHERE code = $1 AND deleted_at IS NULL \
      RETURNING target, redirect, created_at, expires_at, disabled, code";
 
-/// Adds a flush once: the flush's row in click_flushes is inserted in the
-/// same statement, and the counts only if it was new. Returns one row,
-/// whether the flush was applied.
+/// Adds a flush once: the edge's row in click_edges is raised to the
+/// flush's seq in the same statement, and the counts are added only if it
+/// was below. A retry of the same seq waits for the row lock of an attempt
+/// still running, then finds its seq there. Returns one row, whether the
+/// flush was applied.
 const ADD_CLICKS: &str = "WITH flush AS ( \
-         INSERT INTO click_flushes (edge, seq) VALUES ($1, $2) \
-         ON CONFLICT DO NOTHING RETURNING 1 \
+         INSERT INTO click_edges AS e (edge, seq) VALUES ($1, $2) \
+         ON CONFLICT (edge) DO UPDATE SET seq = excluded.seq, applied_at = now() \
+         WHERE e.seq < excluded.seq RETURNING 1 \
      ), added AS ( \
          INSERT INTO link_clicks (code, day, human, bot) \
          SELECT * FROM unnest($3::text[], $4::date[], $5::int8[], $6::int8[]) \
@@ -460,13 +463,15 @@ impl LinkStore for PgStore {
                 .map_or(Ok(false), |r| r.try_get(0))
                 .map_err(pg_err)?;
             if applied && seq % 1_000 == 0 {
-                // Records of old flushes are only needed while one could
-                // still be retried.
+                // An edge's row is only needed while it could still retry:
+                // gone two days after its last flush (edges get a new name
+                // each start). click_flushes: rows of edges of an earlier
+                // version (migration 7).
                 let _ = c
                     .client
-                    .execute(
-                        "DELETE FROM click_flushes WHERE applied_at < now() - interval '2 days'",
-                        &[],
+                    .batch_execute(
+                        "DELETE FROM click_edges WHERE applied_at < now() - interval '2 days'; \
+                         DELETE FROM click_flushes WHERE applied_at < now() - interval '2 days'",
                     )
                     .await;
             }

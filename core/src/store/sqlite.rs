@@ -406,7 +406,9 @@ impl LinkStore for SqliteStore {
                 .map_err(sql_err)?;
             let new = tx
                 .execute(
-                    "INSERT INTO click_flushes (edge, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    "INSERT INTO click_edges (edge, seq) VALUES (?1, ?2) \
+                     ON CONFLICT (edge) DO UPDATE SET seq = excluded.seq, applied_at = unixepoch() \
+                     WHERE click_edges.seq < excluded.seq",
                     params![edge, seq],
                 )
                 .map_err(sql_err)?;
@@ -428,7 +430,7 @@ impl LinkStore for SqliteStore {
             }
             if seq % 1_000 == 0 {
                 tx.execute(
-                    "DELETE FROM click_flushes WHERE applied_at < unixepoch() - 2 * 86400",
+                    "DELETE FROM click_edges WHERE applied_at < unixepoch() - 2 * 86400",
                     [],
                 )
                 .map_err(sql_err)?;
