@@ -432,6 +432,9 @@ pub struct AnalyticsConfig {
     /// flush being retried; clicks for new pairs beyond it are dropped
     /// (`edgelink_clicks_dropped_total`).
     pub max_pending: usize,
+    /// (code, day) pairs per write at most: a flush is written in pieces
+    /// this size, spread over the first half of the interval.
+    pub flush_batch: usize,
     /// The flush thread's CPU priority (read at start).
     pub flush_priority: FlushPriority,
 }
@@ -458,6 +461,7 @@ impl Default for AnalyticsConfig {
             enabled: true,
             flush_interval_ms: 1_000,
             max_pending: 100_000,
+            flush_batch: 500,
             flush_priority: FlushPriority::Idle,
         }
     }
@@ -1026,6 +1030,10 @@ impl Config {
             (1..=100_000_000).contains(&a.max_pending),
             "analytics.max_pending must be 1..=100000000".into(),
         );
+        need(
+            (1..=1_000_000).contains(&a.flush_batch),
+            "analytics.flush_batch must be 1..=1000000".into(),
+        );
         let b = &self.breaker;
         need(
             b.consecutive_failures > 0 && b.min_calls > 0 && b.half_open_probes > 0,
@@ -1287,6 +1295,22 @@ mod tests {
         let vars = env(&[("EDGELINK_ANALYTICS_FLUSH_PRIORITY", "low")]);
         let e = Config::load(None, &vars).unwrap_err();
         assert!(e.to_string().contains("flush_priority"), "{e}");
+    }
+
+    #[test]
+    fn a_click_flush_batch_is_bounded() {
+        let cfg = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(cfg.analytics.flush_batch, 500);
+        let vars = env(&[("EDGELINK_ANALYTICS_FLUSH_BATCH", "500")]);
+        assert_eq!(
+            Config::load(None, &vars).unwrap().analytics.flush_batch,
+            500
+        );
+        for bad in ["0", "1000001"] {
+            let vars = env(&[("EDGELINK_ANALYTICS_FLUSH_BATCH", bad)]);
+            let e = Config::load(None, &vars).unwrap_err();
+            assert!(e.to_string().contains("flush_batch"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -289,6 +289,7 @@ pub async fn run_with(
         app.resolver.index().clone(),
         click_store(&config, &stores).await,
         config.analytics.max_pending,
+        config.analytics.flush_batch,
         metrics.clicks.clone(),
     );
     let mut publics = listeners.public.into_iter();

@@ -174,42 +174,57 @@ async fn a_graceful_stop_writes_the_last_counts_and_they_survive_a_restart() {
 /// retried; once it is back every click is written exactly once, though a
 /// flush sent during the outage reaches PostgreSQL after it (the fault
 /// proxy holds bytes back, as a partition would) and is then retried.
+/// One pair per write, so a flush of three codes is three writes that
+/// each may be cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_while_counting_loses_and_doubles_nothing() {
     let db = TestDb::create().await;
-    let config = counting_config(100);
+    let mut config = counting_config(100);
+    config.analytics.flush_batch = 1;
     let (edge, direct, proxy) = edge_behind_fault_proxy(&db, config).await;
-    let before = click(&edge, "a", 20, 0).await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            counted(direct.source.as_ref(), "a").await == before
-        })
-        .await
-    );
+    let mut want = std::collections::HashMap::new();
+    for code in ["a", "b", "c"] {
+        want.insert(code, click(&edge, code, 20, 0).await);
+    }
+    for (code, before) in &want {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                counted(direct.source.as_ref(), code).await == *before
+            })
+            .await
+        );
+    }
 
     proxy.set(Fault::Blackhole);
     // Served from tier 0 and counted while nothing reaches PostgreSQL.
-    let during = click(&edge, "a", 50, 1).await;
+    for code in ["a", "b", "c"] {
+        let during = click(&edge, code, 50, 1).await;
+        let w = want.get_mut(code).unwrap();
+        *w = (w.0 + during.0, w.1 + during.1);
+    }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(edge.metric("edgelink_click_flush_failures_total").await >= 1.0);
     assert!(edge.metric("edgelink_clicks_pending").await >= 1.0);
     proxy.set(Fault::Pass);
 
-    let want = (before.0 + during.0, before.1 + during.1);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            counted(direct.source.as_ref(), "a").await == want
-        })
-        .await,
-        "{:?} counted, {want:?} sent",
-        counted(direct.source.as_ref(), "a").await
-    );
+    for (code, want) in &want {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                counted(direct.source.as_ref(), code).await == *want
+            })
+            .await,
+            "{code}: {:?} counted, {want:?} sent",
+            counted(direct.source.as_ref(), code).await
+        );
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        counted(direct.source.as_ref(), "a").await,
-        want,
-        "nothing twice"
-    );
+    for (code, want) in &want {
+        assert_eq!(
+            counted(direct.source.as_ref(), code).await,
+            *want,
+            "{code}: nothing twice"
+        );
+    }
     assert_eq!(edge.metric("edgelink_clicks_dropped_total").await, 0.0);
     edge.stop().await;
 }
