@@ -380,7 +380,7 @@ fn describe() {
     );
     describe_counter!(
         CLICK_FLUSH_FAILURES_TOTAL,
-        "Click flushes that failed (their counts are kept and retried)."
+        "Click flush writes that failed (their counts are kept and retried)."
     );
     describe_gauge!(
         CLICKS_PENDING,
