@@ -404,15 +404,18 @@ impl Flusher {
                 .add_clicks(&self.edge, write.seq, &write.deltas)
                 .await
             {
-                Ok(applied) => {
-                    if applied {
-                        let (h, b) = write
-                            .deltas
-                            .iter()
-                            .fold((0, 0), |(h, b), d| (h + d.human, b + d.bot));
-                        self.metrics.flushed[0].increment(h);
-                        self.metrics.flushed[1].increment(b);
-                    }
+                // Taken now, or (`Ok(false)`) by an earlier attempt of this
+                // process whose answer was lost, say to a timeout while
+                // the write went on: the edge's name is its own, so no one
+                // else applied this seq. Either way its clicks are written,
+                // once, and counted here once, as the write leaves.
+                Ok(_) => {
+                    let (h, b) = write
+                        .deltas
+                        .iter()
+                        .fold((0, 0), |(h, b), d| (h + d.human, b + d.bot));
+                    self.metrics.flushed[0].increment(h);
+                    self.metrics.flushed[1].increment(b);
                     self.frozen.pop_front();
                     written += 1;
                     self.metrics.pending.set(self.held() as f64);
@@ -635,6 +638,47 @@ mod tests {
             assert_eq!(days.len(), 1);
             assert_eq!((days[0].human, days[0].bot), (2 * i + 3, 0), "c{i}");
         }
+        assert_eq!(flusher.held(), 0);
+    }
+
+    /// A write whose answer was lost (here: applied by the store before
+    /// the flusher heard back) is retried, skipped by the store, and its
+    /// clicks still count as written, once.
+    #[tokio::test]
+    async fn a_write_applied_by_an_attempt_whose_answer_was_lost_counts_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = edgelink_core::config::SqliteConfig {
+            path: dir.path().join("clicks.db"),
+            ..Default::default()
+        };
+        let store = Arc::new(
+            edgelink_core::store::sqlite::SqliteStore::open(&config)
+                .await
+                .unwrap(),
+        );
+        let index = Arc::new(Index::new());
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let metrics = ClickMetrics {
+            flushed: [metrics::Counter::from_arc(written.clone()), Counter::noop()],
+            ..ClickMetrics::noop()
+        };
+        let mut flusher = Flusher::new(index.clone(), store.clone(), 1_000, 500, metrics);
+        for _ in 0..3 {
+            index.count("a", index.hash("a"), Click::Human);
+        }
+        flusher.collect(today());
+        // The first attempt: the store took it, the answer never came.
+        let delta = ClickDelta {
+            code: "a".into(),
+            day: today(),
+            human: 3,
+            bot: 0,
+        };
+        assert!(store.add_clicks(flusher.edge(), 1, &[delta]).await.unwrap());
+        flusher.flush().await.unwrap();
+        assert_eq!(written.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let days = store.clicks("a", today(), today()).await.unwrap();
+        assert_eq!(days[0].human, 3, "written once");
         assert_eq!(flusher.held(), 0);
     }
 
