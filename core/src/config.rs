@@ -1308,7 +1308,10 @@ mod tests {
         );
         for bad in ["0", "1000001"] {
             let vars = env(&[("EDGELINK_ANALYTICS_FLUSH_BATCH", bad)]);
-            let e = Config::load(None, &vars).unwrap_err();
+            let e = Config::load(None, &vars)
+                .unwrap()
+                .validate_for(StorageMode::Embedded)
+                .unwrap_err();
             assert!(e.to_string().contains("flush_batch"), "{bad}: {e}");
         }
     }

@@ -126,7 +126,13 @@ mod tests {
     fn pending_skips_applied_and_refuses_newer_schemas() {
         assert_eq!(pending(POSTGRES, &[]).unwrap().len(), POSTGRES.len());
         assert_eq!(pending(POSTGRES, &[1]).unwrap()[0].version, 2);
-        assert!(pending(POSTGRES, &[1, 2, 3, 4, 5, 6]).unwrap().is_empty());
+        assert!(pending(POSTGRES, &[1, 2, 3, 4, 5, 6, 7])
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            pending(POSTGRES, &[1, 2, 3, 4, 5, 6]).unwrap()[0].name,
+            "click_edges"
+        );
         assert_eq!(pending(POSTGRES, &[1, 2, 3, 4]).unwrap()[0].name, "clicks");
         assert!(pending(POSTGRES, &[1, 99]).is_err());
     }
