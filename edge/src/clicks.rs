@@ -588,21 +588,28 @@ mod tests {
         assert_eq!(on_thread(FlushPriority::Normal), (Ok(()), 0));
     }
 
+    /// A SQLite store (the embedded one, real) in `dir`.
+    async fn sqlite_store(
+        dir: &tempfile::TempDir,
+    ) -> Arc<edgelink_core::store::sqlite::SqliteStore> {
+        let config = edgelink_core::config::SqliteConfig {
+            path: dir.path().join("clicks.db"),
+            ..Default::default()
+        };
+        Arc::new(
+            edgelink_core::store::sqlite::SqliteStore::open(&config)
+                .await
+                .unwrap(),
+        )
+    }
+
     /// A flush of more pairs than a batch goes out as several writes, each
     /// applied once, spread over the time it is given; without a spread
     /// they go back to back.
     #[tokio::test]
     async fn a_flush_is_written_in_batches_spread_over_its_time() {
         let dir = tempfile::tempdir().unwrap();
-        let config = edgelink_core::config::SqliteConfig {
-            path: dir.path().join("clicks.db"),
-            ..Default::default()
-        };
-        let store = Arc::new(
-            edgelink_core::store::sqlite::SqliteStore::open(&config)
-                .await
-                .unwrap(),
-        );
+        let store = sqlite_store(&dir).await;
         let index = Arc::new(Index::new());
         let click_all = |round: u64| {
             for i in 0..10u64 {
@@ -647,15 +654,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_applied_by_an_attempt_whose_answer_was_lost_counts_as_written() {
         let dir = tempfile::tempdir().unwrap();
-        let config = edgelink_core::config::SqliteConfig {
-            path: dir.path().join("clicks.db"),
-            ..Default::default()
-        };
-        let store = Arc::new(
-            edgelink_core::store::sqlite::SqliteStore::open(&config)
-                .await
-                .unwrap(),
-        );
+        let store = sqlite_store(&dir).await;
         let index = Arc::new(Index::new());
         let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let metrics = ClickMetrics {
