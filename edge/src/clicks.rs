@@ -304,6 +304,9 @@ pub struct Flusher {
     /// (code, day) pairs per write at most.
     batch: usize,
     metrics: ClickMetrics,
+    /// Where the store's writes run when not on the flusher's own thread
+    /// ([`Flusher::write_on`]).
+    writer: Option<tokio::runtime::Handle>,
 }
 
 impl Flusher {
@@ -324,7 +327,19 @@ impl Flusher {
             max_pending,
             batch: batch.max(1),
             metrics,
+            writer: None,
         }
+    }
+
+    /// Runs the store's writes on `runtime` instead of the flusher's own
+    /// thread. For SQLite: a write holds the file's one writer lock, which
+    /// link creation takes too; on a thread at idle priority that a busy
+    /// CPU never runs, it would hold it for as long (priority inversion).
+    /// The flusher's own work, collecting and freezing the counts, stays
+    /// at its priority.
+    pub fn write_on(mut self, runtime: tokio::runtime::Handle) -> Flusher {
+        self.writer = Some(runtime);
+        self
     }
 
     /// This edge's flush name.
@@ -399,11 +414,22 @@ impl Flusher {
             let Some(write) = self.frozen.front() else {
                 break;
             };
-            match self
-                .store
-                .add_clicks(&self.edge, write.seq, &write.deltas)
-                .await
-            {
+            let written_now = match &self.writer {
+                None => {
+                    self.store
+                        .add_clicks(&self.edge, write.seq, &write.deltas)
+                        .await
+                }
+                Some(runtime) => {
+                    let (store, edge) = (self.store.clone(), self.edge.clone());
+                    let (seq, deltas) = (write.seq, write.deltas.clone());
+                    runtime
+                        .spawn(async move { store.add_clicks(&edge, seq, &deltas).await })
+                        .await
+                        .unwrap_or_else(|e| Err(StoreError::unavailable(self.store.name(), e)))
+                }
+            };
+            match written_now {
                 // Taken now, or (`Ok(false)`) by an earlier attempt of this
                 // process whose answer was lost, say to a timeout while
                 // the write went on: the edge's name is its own, so no one
@@ -451,10 +477,11 @@ impl Flusher {
     /// with a single-threaded runtime), so that collecting, freezing and
     /// encoding a flush (tens of thousands of codes a second under
     /// uniform traffic) never holds up a thread that serves requests.
-    /// It and its runtime's blocking threads (`edgelink-clk-io`: the
-    /// SQLite writes) run at `priority`: at [`FlushPriority::Idle`] a
-    /// flush on a CPU that also serves waits for that CPU to be free
-    /// instead of taking turns with requests (`bench/RESULTS.md`).
+    /// It and its runtime's blocking threads (`edgelink-clk-io`) run at
+    /// `priority`: at [`FlushPriority::Idle`] a flush on a CPU that also
+    /// serves waits for that CPU to be free instead of taking turns with
+    /// requests (`bench/RESULTS.md`). Writes that hold a lock requests
+    /// need go elsewhere ([`Flusher::write_on`]).
     /// [`FlushThread::finish`] makes the final flush.
     pub fn spawn(
         self,

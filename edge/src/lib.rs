@@ -285,9 +285,10 @@ pub async fn run_with(
         counting: Arc::new(AtomicBool::new(config.analytics.enabled)),
         ready_needs_source: config.server.ready_needs_source,
     });
-    let flusher = clicks::Flusher::new(
+    let (click_store, own_pool) = click_store(&config, &stores).await;
+    let mut flusher = clicks::Flusher::new(
         app.resolver.index().clone(),
-        click_store(&config, &stores).await,
+        click_store,
         config.analytics.max_pending,
         config.analytics.flush_batch,
         metrics.clicks.clone(),
@@ -311,6 +312,11 @@ pub async fn run_with(
         ),
     );
     let plain = options.clone();
+    if !own_pool {
+        // SQLite (or a PostgreSQL pool shared with lookups): its writes
+        // run at the serving threads' priority, never the flusher's.
+        flusher = flusher.write_on(tokio::runtime::Handle::current());
+    }
     options.tls = tls;
     options.express = Some(app.clone());
     options.express_handoffs = metrics.express_handoffs.clone();
@@ -443,24 +449,29 @@ pub async fn run_with(
     Ok(())
 }
 
-/// The store the click flusher writes to. A pooled PostgreSQL connection is
-/// driven by the runtime that opened it, and the flusher has a runtime of
-/// its own on a thread that may run at idle priority: a connection it opened
-/// in the shared pool would go on to carry requests' lookups on that thread.
-/// So with PostgreSQL as the source of truth the flusher gets a pool of its
-/// own (at most two connections); SQLite's writes are made on blocking
-/// threads, one call at a time, and need none.
-async fn click_store(config: &Config, stores: &Stores) -> Arc<dyn edgelink_core::LinkStore> {
+/// The store the click flusher writes to, and whether it is a pool of the
+/// flusher's own. A pooled PostgreSQL connection is driven by the runtime
+/// that opened it, and the flusher has a runtime of its own on a thread
+/// that may run at idle priority: a connection it opened in the shared
+/// pool would go on to carry requests' lookups on that thread. So with
+/// PostgreSQL as the source of truth the flusher gets a pool of its own
+/// (at most two connections). SQLite's writes hold the one writer that
+/// link creation needs, so they are not made from the flusher's thread
+/// (see [`clicks::Flusher::write_on`]).
+async fn click_store(
+    config: &Config,
+    stores: &Stores,
+) -> (Arc<dyn edgelink_core::LinkStore>, bool) {
     if stores.source.name() != "postgres" {
-        return stores.source.clone();
+        return (stores.source.clone(), false);
     }
     let mut pg = config.postgres.clone();
     pg.pool_size = pg.pool_size.min(2);
     match edgelink_core::store::postgres::PgStore::connect(&pg).await {
-        Ok(store) => Arc::new(store),
+        Ok(store) => (Arc::new(store), true),
         Err(e) => {
             tracing::warn!(error = %e, "click flushes share the edge's PostgreSQL pool");
-            stores.source.clone()
+            (stores.source.clone(), false)
         }
     }
 }
