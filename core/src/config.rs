@@ -246,6 +246,9 @@ pub struct OriginConfig {
     pub max_ttl_secs: u64,
     /// Largest request body of a single-link call.
     pub max_body_bytes: usize,
+    /// Refuse targets whose host is a loopback, private, link-local or
+    /// otherwise non-public address, or a `localhost` name.
+    pub block_private_targets: bool,
 }
 
 /// Start-up helpers for automation.
@@ -643,6 +646,7 @@ impl Default for OriginConfig {
             alias_max_len: 64,
             max_ttl_secs: 10 * 365 * 86_400,
             max_body_bytes: 16 * 1024,
+            block_private_targets: true,
         }
     }
 }

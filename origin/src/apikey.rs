@@ -1,7 +1,10 @@
 //! API keys: `el_` and 40 random base62 characters (about 238 bits), shown
 //! once when created; only their SHA-256 is stored. Verified keys are
 //! remembered for [`CACHE_TTL`] so a busy client costs no lookup per
-//! request; a revoked key therefore stops working within that time.
+//! request; a revoked key therefore stops working within that time. Keys
+//! the store does not know are remembered as unknown for as long, in a map
+//! of [`MAX_REMEMBERED`] entries, so repeating a made-up key costs no
+//! lookup either (the edge limits 401s per client: see `limits.unauthorized_per_sec`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +22,12 @@ const RANDOM_CHARS: usize = 40;
 /// Characters of a key kept in clear to name it (`el_` and eight more).
 const SHOWN: usize = PREFIX.len() + 8;
 
-/// How long a verified key is trusted without asking the store again.
+/// How long a verified key is trusted, and an unknown one refused,
+/// without asking the store again.
 pub const CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// Keys remembered at most, verified and unknown each.
+pub const MAX_REMEMBERED: u64 = 10_000;
 
 /// A new key: (the key, its prefix, its hash).
 pub fn generate() -> (String, String, Digest) {
@@ -50,6 +57,7 @@ pub fn prefix(key: &str) -> Option<&str> {
 pub struct Keys {
     store: Arc<dyn OriginStore>,
     verified: Cache<Digest, i64>,
+    unknown: Cache<Digest, ()>,
 }
 
 impl Keys {
@@ -57,30 +65,41 @@ impl Keys {
         Keys {
             store,
             verified: Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(MAX_REMEMBERED)
+                .time_to_live(CACHE_TTL)
+                .build(),
+            unknown: Cache::builder()
+                .max_capacity(MAX_REMEMBERED)
                 .time_to_live(CACHE_TTL)
                 .build(),
         }
     }
 
-    /// The key id of `Authorization: Bearer <key>`, or 401.
+    /// The key id of `Authorization: Bearer <key>` (the scheme in any
+    /// case), or 401.
     pub async fn check(&self, headers: &http::HeaderMap) -> Result<i64, ApiError> {
         let key = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .filter(|k| k.len() == PREFIX.len() + RANDOM_CHARS && k.starts_with(PREFIX))
             .ok_or_else(ApiError::unauthorized)?;
         let digest = hash(key);
         if let Some(id) = self.verified.get(&digest).await {
             return Ok(id);
         }
+        if self.unknown.contains_key(&digest) {
+            return Err(ApiError::unauthorized());
+        }
         match self.store.api_key_id(digest).await? {
             Some(id) => {
                 self.verified.insert(digest, id).await;
                 Ok(id)
             }
-            None => Err(ApiError::unauthorized()),
+            None => {
+                self.unknown.insert(digest, ()).await;
+                Err(ApiError::unauthorized())
+            }
         }
     }
 
@@ -104,9 +123,28 @@ impl Keys {
     }
 }
 
+/// The credentials of a `Bearer` authorization: the scheme is matched
+/// in any case (RFC 9110 §11.1), one or more spaces before the token.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for header in ["Bearer k", "bearer k", "BEARER k", "bEaReR   k"] {
+            assert_eq!(bearer(header), Some("k"), "{header}");
+        }
+        for header in ["Basic k", "Bearerk", "Bearer", "Token k"] {
+            assert_eq!(bearer(header), None, "{header}");
+        }
+    }
 
     #[test]
     fn keys_are_long_random_and_named_by_their_prefix() {

@@ -69,7 +69,8 @@ pub async fn build(
     let public_url = o.public_url.trim_end_matches('/').to_owned();
     let own_host = url::Url::parse(&public_url)
         .ok()
-        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        .as_ref()
+        .and_then(validate::Host::of);
     let keys = Keys::new(store.clone());
     if let Some(key) = &config.bootstrap.api_key {
         keys.register("bootstrap", key).await?;
@@ -81,6 +82,7 @@ pub async fn build(
         leaser,
         policy: Policy {
             own_host,
+            block_private: o.block_private_targets,
             blocked_domains: o
                 .blocked_domains
                 .iter()

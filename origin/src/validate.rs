@@ -4,6 +4,7 @@ use edgelink_core::code::{check_code, CodeError};
 use edgelink_core::link::{normalize_target, parse_rfc3339, LinkError};
 use edgelink_core::RedirectStatus;
 use serde::{Deserialize, Deserializer};
+use std::net::{IpAddr, Ipv4Addr};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
@@ -50,7 +51,9 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Host of the shortener's own public URL: no link may point back at it.
-    pub own_host: Option<String>,
+    pub own_host: Option<Host>,
+    /// `origin.block_private_targets`.
+    pub block_private: bool,
     /// Lower-case domains; a target on one of them or a subdomain is refused.
     pub blocked_domains: Vec<String>,
     pub alias_min_len: usize,
@@ -73,20 +76,28 @@ impl Policy {
         })?;
         let host = url::Url::parse(&target)
             .ok()
-            .and_then(|u| {
-                u.host_str()
-                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-            })
-            .unwrap_or_default();
-        if self.own_host.as_deref() == Some(host.as_str()) {
+            .as_ref()
+            .and_then(Host::of)
+            .ok_or_else(|| ApiError::invalid("invalid_url", "url has no host"))?;
+        if self.own_host.as_ref().is_some_and(|own| own.same(&host)) {
             return Err(ApiError::invalid(
                 "url_loops",
                 "url points at this shortener; a link to a link would loop",
             ));
         }
+        if self.block_private && !host.is_public() {
+            return Err(ApiError::invalid(
+                "url_private",
+                "url points at a loopback, private or link-local address",
+            ));
+        }
+        let domain = match &host {
+            Host::Domain(d) => d.as_str(),
+            Host::Ip(_) => "",
+        };
         if let Some(d) = self.blocked_domains.iter().find(|d| {
-            host == **d
-                || host
+            domain == d.as_str()
+                || domain
                     .strip_suffix(d.as_str())
                     .is_some_and(|p| p.ends_with('.'))
         }) {
@@ -186,6 +197,77 @@ impl Policy {
     }
 }
 
+// === canonical hosts ===
+
+/// A URL's host as what it denotes: an address (IPv4-mapped IPv6 as its
+/// IPv4, `localhost` names as the loopback address), or a domain name
+/// spelt one way (lower case, no trailing dot). The URL parser has already
+/// read numeric IPv4 short forms (`127.1`, `2130706433`, `0x7f.1`) as the
+/// address they denote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Domain(String),
+}
+
+impl Host {
+    pub fn of(url: &url::Url) -> Option<Host> {
+        Some(match url.host()? {
+            url::Host::Ipv4(v4) => Host::Ip(IpAddr::V4(v4)),
+            url::Host::Ipv6(v6) => Host::Ip(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
+            url::Host::Domain(d) => {
+                let d = d.trim_end_matches('.').to_ascii_lowercase();
+                if d == "localhost" || d.ends_with(".localhost") {
+                    Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                } else if let Ok(v4) = d.parse::<Ipv4Addr>() {
+                    Host::Ip(IpAddr::V4(v4))
+                } else {
+                    Host::Domain(d)
+                }
+            }
+        })
+    }
+
+    /// Whether both name the same host. Every loopback address is this
+    /// machine, and so is the unspecified one (a shortener listening on
+    /// `0.0.0.0` answers on all of them).
+    pub fn same(&self, other: &Host) -> bool {
+        let local = |h: &Host| matches!(h, Host::Ip(ip) if ip.is_loopback() || ip.is_unspecified());
+        self == other || (local(self) && local(other))
+    }
+
+    /// Whether the host may be on the public internet: not a loopback,
+    /// private, shared (CGNAT), link-local, unique-local, multicast,
+    /// broadcast, documentation or unspecified address. Domain names are
+    /// not resolved (the client that follows the link resolves them).
+    pub fn is_public(&self) -> bool {
+        match self {
+            Host::Domain(_) => true,
+            Host::Ip(IpAddr::V4(v4)) => {
+                let [a, b, ..] = v4.octets();
+                !(v4.is_loopback()
+                    || v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.is_broadcast()
+                    || v4.is_multicast()
+                    || v4.is_documentation()
+                    || a == 0
+                    || (a == 100 && (64..128).contains(&b)))
+            }
+            Host::Ip(IpAddr::V6(v6)) => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80
+                    || first == 0x2001 && v6.segments()[1] == 0x0db8)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,7 +275,8 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            own_host: Some("sho.rt".to_owned()),
+            own_host: Some(Host::Domain("sho.rt".to_owned())),
+            block_private: true,
             blocked_domains: vec!["evil.example".to_owned()],
             alias_min_len: 3,
             alias_max_len: 32,
@@ -232,6 +315,80 @@ mod tests {
             p.target("https://notevil.example/").is_ok(),
             "only the domain and its subdomains"
         );
+    }
+
+    #[test]
+    fn every_spelling_of_the_shorteners_own_host_loops() {
+        let own = |public: &str| {
+            let p = Policy {
+                own_host: Host::of(&url::Url::parse(public).unwrap()),
+                block_private: false,
+                ..policy()
+            };
+            move |target: &str| p.target(target).map_err(|e| e.code)
+        };
+        let named = own("https://sho.rt");
+        for target in [
+            "https://SHO.RT/a",
+            "https://sho.rt./a",
+            "http://Sho.Rt.:8443/a",
+        ] {
+            assert_eq!(named(target), Err("url_loops"), "{target}");
+        }
+        assert!(named("https://sho.rt.example/a").is_ok());
+        let local = own("http://127.0.0.1:8080");
+        for target in [
+            "http://localhost:8080/a",
+            "http://LOCALHOST./a",
+            "http://app.localhost/a",
+            "http://[::ffff:127.0.0.1]:8080/a",
+            "http://[::1]/a",
+            "http://127.1/a",
+            "http://2130706433/a",
+            "http://0x7f.0.0.1/a",
+            "http://0177.0.0.1/a",
+            "http://127.0.0.1./a",
+            "http://127.0.0.2/a",
+        ] {
+            assert_eq!(local(target), Err("url_loops"), "{target}");
+        }
+        let anywhere = own("http://0.0.0.0:8080");
+        assert_eq!(anywhere("http://localhost:8080/a"), Err("url_loops"));
+        let by_name = own("http://localhost:8080");
+        assert_eq!(by_name("http://127.0.0.1:8080/a"), Err("url_loops"));
+        assert_eq!(by_name("http://[::1]:8080/a"), Err("url_loops"));
+    }
+
+    #[test]
+    fn private_and_local_targets_are_refused_unless_allowed() {
+        let p = policy();
+        for target in [
+            "http://10.1.2.3/",
+            "http://172.16.0.1/",
+            "http://192.168.1.1/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://100.64.0.1/",
+            "http://0.0.0.0/",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:10.0.0.1]/",
+            "http://localhost/",
+            "http://127.0.0.1/",
+        ] {
+            assert_eq!(code_of(p.target(target)), "url_private", "{target}");
+        }
+        for target in [
+            "http://93.184.215.14/",
+            "http://[2606:4700::1111]/",
+            "https://intranet/",
+        ] {
+            assert!(p.target(target).is_ok(), "{target}");
+        }
+        let allowed = Policy {
+            block_private: false,
+            ..policy()
+        };
+        assert!(allowed.target("http://10.1.2.3/").is_ok());
     }
 
     #[test]

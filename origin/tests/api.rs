@@ -971,3 +971,112 @@ async fn stats_give_totals_and_a_daily_series() {
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Every spelling of the shortener's own host loops; targets on private,
+/// loopback or link-local addresses are refused (`origin.block_private_targets`).
+#[tokio::test]
+async fn targets_on_the_own_host_or_a_private_address_are_refused() {
+    let mut env = env().await;
+    env.config.origin.public_url = "http://127.0.0.1:8080".to_owned();
+    let api = origin(&env).await;
+    for (url, code) in [
+        ("http://localhost:8080/x", "url_loops"),
+        ("http://LocalHost.:8080/x", "url_loops"),
+        ("http://[::ffff:127.0.0.1]:8080/x", "url_loops"),
+        ("http://127.1:8080/x", "url_loops"),
+        ("http://2130706433:8080/x", "url_loops"),
+        ("http://10.0.0.1/x", "url_private"),
+        ("http://[fe80::1]/x", "url_private"),
+        ("http://169.254.169.254/latest/meta-data/", "url_private"),
+    ] {
+        let r = create(&api, &env.key, json!({ "url": url })).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{url}: {}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["code"], code, "{url}");
+    }
+}
+
+/// Counts the key lookups that reach the store.
+struct CountingKeys {
+    inner: PgOrigin,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl OriginStore for CountingKeys {
+    async fn add_api_key(
+        &self,
+        name: &str,
+        prefix: &str,
+        hash: edgelink_origin::store::Digest,
+    ) -> Result<(), edgelink_core::StoreError> {
+        self.inner.add_api_key(name, prefix, hash).await
+    }
+
+    async fn revoke_api_key(&self, prefix: &str) -> Result<bool, edgelink_core::StoreError> {
+        self.inner.revoke_api_key(prefix).await
+    }
+
+    async fn api_key_id(
+        &self,
+        hash: edgelink_origin::store::Digest,
+    ) -> Result<Option<i64>, edgelink_core::StoreError> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.api_key_id(hash).await
+    }
+
+    async fn bind(
+        &self,
+        key_id: i64,
+        idem: &str,
+        request: [u8; 32],
+        code: &str,
+    ) -> Result<Option<edgelink_origin::store::Binding>, edgelink_core::StoreError> {
+        self.inner.bind(key_id, idem, request, code).await
+    }
+
+    async fn unbind(&self, key_id: i64, idem: &str) -> Result<(), edgelink_core::StoreError> {
+        self.inner.unbind(key_id, idem).await
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_any_case_and_a_made_up_key_is_looked_up_once() {
+    let env = env().await;
+    let keys = Arc::new(CountingKeys {
+        inner: PgOrigin::connect(&env.config.postgres).unwrap(),
+        lookups: Default::default(),
+    });
+    let pool = keypool(&env).await;
+    let api = edgelink_origin::build(
+        &env.config,
+        env.links.clone(),
+        None,
+        keys.clone(),
+        pool.leaser(env.config.keypool.lease_batch),
+        Arc::new(edgelink_origin::TtlOnly),
+    )
+    .await
+    .unwrap();
+    for scheme in ["bearer", "BEARER", "Bearer "] {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("{scheme} {}", env.key)).unwrap(),
+        );
+        let r = call(&api, Method::GET, "/api/v1/links", &headers, "").await;
+        assert_eq!(r.status, StatusCode::OK, "{scheme:?}: {}", r.body);
+    }
+    let made_up = auth("el_0000000000000000000000000000000000000000");
+    for _ in 0..100 {
+        let r = call(&api, Method::GET, "/api/v1/links", &made_up, "").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let lookups = keys.lookups.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(lookups, 2, "one for the real key, one for the made-up one");
+}
