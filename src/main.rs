@@ -733,17 +733,15 @@ async fn embedded_mounts(
             let api = api.clone();
             Box::pin(async move { edgelink_origin::route(&api, req).await })
         })),
-        admin: Some(Arc::new(
-            move |req: http::Request<hyper::body::Incoming>| {
-                let admin = admin.clone();
-                Box::pin(async move {
-                    let (parts, body) = req.into_parts();
-                    admin
-                        .handle(&parts.method, parts.uri.path(), &parts.headers, body)
-                        .await
-                })
-            },
-        )),
+        admin: Some(Arc::new(move |req: http::Request<_>| {
+            let admin = admin.clone();
+            Box::pin(async move {
+                let (parts, body) = req.into_parts();
+                admin
+                    .handle(&parts.method, parts.uri.path(), &parts.headers, body)
+                    .await
+            })
+        })),
         metrics: vec![recorder.handle()],
         invalidations: Some(rx),
         reload: None,
@@ -811,6 +809,8 @@ fn serve_origin(config: Config) -> Result<ExitCode, Failure> {
             edgelink_core::breaker::BreakerMetrics::register(stores.source.name())
         });
         let mut api = api.with_breaker_metrics(&config.breaker, breaker_metrics);
+        api.faults =
+            metrics::with_local_recorder(&recorder, edgelink_core::net::ClientFaults::register);
         if let Some(tracer) =
             edgelink_core::trace::Tracer::start(&config.tracing, "edgelink-origin")
         {

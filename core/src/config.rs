@@ -78,8 +78,18 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Listen backlog handed to the kernel.
     pub backlog: u32,
-    /// A client must send its full request head within this time.
+    /// A client must send its full request head within this time (from
+    /// its first byte; on a new connection, from the accept).
     pub header_read_timeout_ms: u64,
+    /// An HTTP/1 connection with no request under way is closed after this.
+    pub keepalive_timeout_ms: u64,
+    /// An HTTP/2 connection with no stream open and none started is closed
+    /// (GOAWAY) after this; PINGs do not count as activity.
+    pub h2_idle_timeout_ms: u64,
+    /// Longest wait for the next piece of a request body (408 beyond).
+    pub body_read_timeout_ms: u64,
+    /// A whole request body must arrive within this (408 beyond).
+    pub body_timeout_ms: u64,
     /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// HTTP/2 streams per connection.
@@ -246,6 +256,10 @@ pub struct OriginConfig {
     pub max_ttl_secs: u64,
     /// Largest request body of a single-link call.
     pub max_body_bytes: usize,
+    /// Largest request body of `POST /api/v1/links/batch`.
+    pub max_batch_body_bytes: usize,
+    /// Most links one batch may create.
+    pub max_batch_links: usize,
     /// Refuse targets whose host is a loopback, private, link-local or
     /// otherwise non-public address, or a `localhost` name.
     pub block_private_targets: bool,
@@ -503,6 +517,14 @@ pub struct LimitsConfig {
     /// scan of random codes cannot reach the database at full speed.
     pub not_found_per_sec: f64,
     pub not_found_burst: u32,
+    /// API answers of 401 per second per client (0: unlimited) and burst.
+    /// A client over it gets 429 for every API call before it reaches an
+    /// origin, so a flood of made-up keys cannot reach the key store.
+    pub unauthorized_per_sec: f64,
+    pub unauthorized_burst: u32,
+    /// IPv6 clients share a bucket per prefix of this length (an IPv6
+    /// host usually has a whole /64); IPv4 clients have one each.
+    pub ipv6_prefix_len: u8,
     /// Client IPs tracked at once per limit; the idle ones are dropped
     /// first, and beyond this new clients share one bucket.
     pub max_tracked_clients: usize,
@@ -558,6 +580,9 @@ impl Default for LimitsConfig {
             create_burst: 50,
             not_found_per_sec: 20.0,
             not_found_burst: 100,
+            unauthorized_per_sec: 1.0,
+            unauthorized_burst: 20,
+            ipv6_prefix_len: 64,
             max_tracked_clients: 100_000,
         }
     }
@@ -573,6 +598,10 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             backlog: 4096,
             header_read_timeout_ms: 5_000,
+            keepalive_timeout_ms: 15_000,
+            h2_idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             h2_max_concurrent_streams: 256,
             drain_timeout_ms: 10_000,
@@ -646,6 +675,8 @@ impl Default for OriginConfig {
             alias_max_len: 64,
             max_ttl_secs: 10 * 365 * 86_400,
             max_body_bytes: 16 * 1024,
+            max_batch_body_bytes: 1024 * 1024,
+            max_batch_links: 100,
             block_private_targets: true,
         }
     }
@@ -745,6 +776,18 @@ impl Config {
             (1..=300_000).contains(&s.header_read_timeout_ms),
             "server.header_read_timeout_ms must be 1..=300000",
         );
+        for (key, ms) in [
+            ("keepalive_timeout_ms", s.keepalive_timeout_ms),
+            ("h2_idle_timeout_ms", s.h2_idle_timeout_ms),
+            ("body_read_timeout_ms", s.body_read_timeout_ms),
+            ("body_timeout_ms", s.body_timeout_ms),
+        ] {
+            need(
+                &mut problems,
+                (1..=3_600_000).contains(&ms),
+                &format!("server.{key} must be 1..=3600000"),
+            );
+        }
         need(
             &mut problems,
             (8 * 1024..=1024 * 1024).contains(&s.max_header_bytes),
@@ -837,6 +880,16 @@ impl Config {
             &mut problems,
             (1024..=1024 * 1024).contains(&o.max_body_bytes),
             "origin.max_body_bytes must be 1024..=1048576",
+        );
+        need(
+            &mut problems,
+            (1024..=16 * 1024 * 1024).contains(&o.max_batch_body_bytes),
+            "origin.max_batch_body_bytes must be 1024..=16777216",
+        );
+        need(
+            &mut problems,
+            (1..=1_000).contains(&o.max_batch_links),
+            "origin.max_batch_links must be 1..=1000",
         );
         if let Some(token) = &self.admin.token {
             need(
@@ -1067,12 +1120,17 @@ impl Config {
         for (name, rate, burst) in [
             ("create", l.create_per_sec, l.create_burst),
             ("not_found", l.not_found_per_sec, l.not_found_burst),
+            ("unauthorized", l.unauthorized_per_sec, l.unauthorized_burst),
         ] {
             need(
                 rate.is_finite() && rate >= 0.0 && (rate == 0.0 || burst >= 1),
                 format!("limits.{name}_per_sec must be >= 0, with limits.{name}_burst >= 1"),
             );
         }
+        need(
+            (1..=128).contains(&l.ipv6_prefix_len),
+            "limits.ipv6_prefix_len must be 1..=128".into(),
+        );
         need(
             (1..=10_000_000).contains(&l.max_tracked_clients),
             "limits.max_tracked_clients must be 1..=10000000".into(),

@@ -11,6 +11,10 @@ use crate::code::{check_code, CodeError};
 /// Longest target URL accepted, in bytes (after normalisation).
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
 
+/// The creation API's batch endpoint (`POST`): the edge charges its create
+/// rate limit once per link in it.
+pub const BATCH_PATH: &str = "/api/v1/links/batch";
+
 /// The redirect status a link answers with.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u16", into = "u16")]

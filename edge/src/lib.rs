@@ -50,13 +50,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use edgelink_core::config::{Config, LimitsConfig};
 use edgelink_core::net::express::{self, Express, Simple};
 use edgelink_core::net::server::Peer;
-use edgelink_core::net::IpNet;
+use edgelink_core::net::{read_body, BodyLimits, IpNet};
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::{is_valid_code, Stores};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -116,10 +118,12 @@ pub struct Reload {
     pub requests: tokio::sync::mpsc::Receiver<()>,
 }
 
-/// A route served by another component of the same process.
+/// A route served by another component of the same process. It gets the
+/// request with its body already read, under the client's limits (a body
+/// the client fails never reaches it).
 pub type Route = Arc<
     dyn Fn(
-            Request<Incoming>,
+            Request<Full<Bytes>>,
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>>
         + Send
         + Sync,
@@ -150,6 +154,7 @@ struct Live {
     trusted: Vec<IpNet>,
     create: Option<Arc<RateLimit>>,
     not_found: Option<Arc<RateLimit>>,
+    unauthorized: Option<Arc<RateLimit>>,
     proxy: Option<Arc<Proxy>>,
 }
 
@@ -167,7 +172,16 @@ impl Live {
         let same_limits = old.filter(|o| o.limits == *l);
         let proxy = match old.and_then(|o| o.proxy.as_ref()) {
             Some(p) if *p.config() == config.proxy => Some(p.clone()),
-            _ => Proxy::start(&config.proxy, metrics.proxy.clone(), shutdown.clone()),
+            _ => Proxy::start(
+                &config.proxy,
+                BodyLimits::new(&config.server, config.proxy.max_body_bytes),
+                metrics.proxy.clone(),
+                metrics.client_faults.clone(),
+                shutdown.clone(),
+            ),
+        };
+        let limit = |per_sec, burst| {
+            RateLimit::new(per_sec, burst, l.max_tracked_clients, l.ipv6_prefix_len).map(Arc::new)
         };
         Live {
             limits: l.clone(),
@@ -178,17 +192,15 @@ impl Live {
                 .collect(),
             create: match same_limits {
                 Some(o) => o.create.clone(),
-                None => RateLimit::new(l.create_per_sec, l.create_burst, l.max_tracked_clients)
-                    .map(Arc::new),
+                None => limit(l.create_per_sec, l.create_burst),
             },
             not_found: match same_limits {
                 Some(o) => o.not_found.clone(),
-                None => RateLimit::new(
-                    l.not_found_per_sec,
-                    l.not_found_burst,
-                    l.max_tracked_clients,
-                )
-                .map(Arc::new),
+                None => limit(l.not_found_per_sec, l.not_found_burst),
+            },
+            unauthorized: match same_limits {
+                Some(o) => o.unauthorized.clone(),
+                None => limit(l.unauthorized_per_sec, l.unauthorized_burst),
             },
             proxy,
         }
@@ -217,6 +229,11 @@ struct App {
     counting: Arc<AtomicBool>,
     /// `server.ready_needs_source`.
     ready_needs_source: bool,
+    /// How the bodies of mounted routes are read: `origin.max_body_bytes`
+    /// under the server's body timeouts (`origin.max_batch_body_bytes`
+    /// for a batch).
+    route_body: BodyLimits,
+    batch_body_bytes: usize,
 }
 
 /// Serves the edge on `listeners` until `shutdown` is cancelled, then drains
@@ -284,6 +301,8 @@ pub async fn run_with(
         access: access::AccessLog::open(&config.access_log, metrics.access_log_dropped.clone())?,
         counting: Arc::new(AtomicBool::new(config.analytics.enabled)),
         ready_needs_source: config.server.ready_needs_source,
+        route_body: BodyLimits::new(&config.server, config.origin.max_body_bytes),
+        batch_body_bytes: config.origin.max_batch_body_bytes,
     });
     let (click_store, own_pool) = click_store(&config, &stores).await;
     let mut flusher = clicks::Flusher::new(
@@ -293,6 +312,11 @@ pub async fn run_with(
         config.analytics.flush_batch,
         metrics.clicks.clone(),
     );
+    if !own_pool {
+        // SQLite (or a PostgreSQL pool shared with lookups): its writes
+        // run at the serving threads' priority, never the flusher's.
+        flusher = flusher.write_on(tokio::runtime::Handle::current());
+    }
     let mut publics = listeners.public.into_iter();
     let first = publics
         .next()
@@ -311,15 +335,12 @@ pub async fn run_with(
             metrics.connections_rejected.clone(),
         ),
     );
-    let plain = options.clone();
-    if !own_pool {
-        // SQLite (or a PostgreSQL pool shared with lookups): its writes
-        // run at the serving threads' priority, never the flusher's.
-        flusher = flusher.write_on(tokio::runtime::Handle::current());
-    }
+    let mut plain = options.clone();
+    plain.faults = metrics.client_faults.clone();
     options.tls = tls;
     options.express = Some(app.clone());
     options.express_handoffs = metrics.express_handoffs.clone();
+    options.faults = metrics.client_faults.clone();
     let handler = {
         let app = app.clone();
         move |req, peer| app.answer(req, peer)
@@ -371,6 +392,7 @@ pub async fn run_with(
     let mut renderers = vec![prometheus.clone()];
     renderers.extend(extra_metrics);
     let renderers = Arc::new(renderers);
+    let admin_body = app.route_body;
     let admin_task = server::serve(
         admin,
         server::Options::internal(&config.server),
@@ -379,7 +401,13 @@ pub async fn run_with(
             let mount = admin_mount.clone();
             async move {
                 match mount {
-                    Some(route) if req.uri().path().starts_with("/admin/") => route(req).await,
+                    Some(route) if req.uri().path().starts_with("/admin/") => {
+                        let (parts, body) = req.into_parts();
+                        match read_body(body, admin_body, &Default::default()).await {
+                            Ok(bytes) => route(Request::from_parts(parts, Full::new(bytes))).await,
+                            Err(e) => e.response(),
+                        }
+                    }
                     _ => admin_route(&renderers, &req),
                 }
             }
@@ -580,6 +608,58 @@ fn to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
         }
         Err(_) => failure(Failure::NoHost),
     }
+}
+
+/// Methods the creation API may be called with; `CONNECT`, `TRACE` and
+/// anything unknown are never forwarded.
+fn forwardable(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
+}
+
+/// Whether `path` has a `.` or `..` segment (plain or percent-encoded),
+/// a backslash, or a percent-encoded `/` or backslash: an upstream could
+/// resolve any of these out of the prefix the request matched.
+fn has_dot_segment(path: &str) -> bool {
+    let lower = |b: u8| b.to_ascii_lowercase();
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
+        return true;
+    }
+    let mut i = 0;
+    while i + 2 < bytes.len() {
+        if bytes[i] == b'%' {
+            let pair = [lower(bytes[i + 1]), lower(bytes[i + 2])];
+            if pair == *b"2f" || pair == *b"5c" {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// How many links a batch body holds (1 when it is not a batch the API
+/// would take: the API then refuses it, and that takes one token).
+fn batch_links(body: &[u8]) -> u32 {
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        links: Vec<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Batch>(body).map_or(1, |b| {
+        u32::try_from(b.links.len()).unwrap_or(u32::MAX).max(1)
+    })
 }
 
 fn admin_route(renderers: &[PrometheusHandle], req: &Request<Incoming>) -> Response<Body> {
@@ -884,11 +964,16 @@ impl App {
         self.finish(resp, head, tier)
     }
 
-    /// A response to GET or HEAD, counted; HEAD gets its headers only.
+    /// A response to GET or HEAD, counted; HEAD gets its headers only,
+    /// `Content-Length` included (the one GET would get).
     #[inline]
     fn finish(&self, mut resp: Response<Body>, head: bool, tier: Tier) -> Response<Body> {
         if head {
-            *resp.body_mut() = Body::default();
+            if let Some(len) = resp.body().as_full().map(<[u8]>::len) {
+                resp.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+                *resp.body_mut() = Body::default();
+            }
         }
         self.count(resp, tier)
     }
@@ -900,8 +985,12 @@ impl App {
         resp
     }
 
-    /// The creation API: the proxy, or the origin mounted in this process;
-    /// creations are rate limited per client IP first.
+    /// The creation API: the proxy, or the origin mounted in this process.
+    /// A method that cannot be proxied is 405 and a path with dot-segments
+    /// 400, before either sees them. Per client: every call holds one of its
+    /// `unauthorized` tokens until answered and keeps it only when the
+    /// answer is 401; a creation takes a `create` token per link (a batch
+    /// is read whole first, to count them).
     async fn api_call(
         &self,
         req: Request<Incoming>,
@@ -909,26 +998,106 @@ impl App {
         proxy: Option<Arc<Proxy>>,
         api: Option<&Route>,
     ) -> Response<Body> {
-        let (client, trusted_peer, create) = {
+        if !forwardable(req.method()) {
+            return failure(Failure::ApiMethodNotAllowed);
+        }
+        if has_dot_segment(req.uri().path()) {
+            return failure(Failure::BadPath);
+        }
+        let (client, trusted_peer, create, unauthorized) = {
             let live = self.live.load();
             let trusted_peer = live.trusted.iter().any(|n| n.contains(peer.addr.ip()));
             (
                 live.client_ip(peer, req.headers()),
                 trusted_peer,
                 live.create.clone(),
+                live.unauthorized.clone(),
             )
         };
-        if req.method() == Method::POST {
-            if let Some(limit) = create {
-                if let Err(wait) = limit.take(client, std::time::Instant::now()) {
-                    self.metrics.rate_limited.increment(1);
-                    return respond::rate_limited(wait);
+        let now = std::time::Instant::now;
+        if let Some(limit) = &unauthorized {
+            if let Err(wait) = limit.take(client, now()) {
+                self.metrics.rate_limited.increment(1);
+                return respond::rate_limited(wait);
+            }
+        }
+        let resp = self
+            .api_forward(req, peer, proxy, api, client, trusted_peer, create)
+            .await;
+        if let Some(limit) = &unauthorized {
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                limit.refund(client, now());
+            }
+        }
+        resp
+    }
+
+    /// [`App::api_call`] past its checks: the create limit, then the call.
+    #[allow(clippy::too_many_arguments)]
+    async fn api_forward(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        proxy: Option<Arc<Proxy>>,
+        api: Option<&Route>,
+        client: std::net::IpAddr,
+        trusted_peer: bool,
+        create: Option<Arc<RateLimit>>,
+    ) -> Response<Body> {
+        let now = std::time::Instant::now;
+        let limited = |wait| {
+            self.metrics.rate_limited.increment(1);
+            respond::rate_limited(wait)
+        };
+        let creates = req.method() == Method::POST;
+        let batch = creates && req.uri().path() == edgelink_core::link::BATCH_PATH;
+        if creates && !batch {
+            if let Some(limit) = &create {
+                if let Err(wait) = limit.take(client, now()) {
+                    return limited(wait);
+                }
+            }
+        }
+        if let (Some(proxy), false) = (&proxy, batch) {
+            return proxy.forward(req, peer, client, trusted_peer).await;
+        }
+        if proxy.is_none() && api.is_none() {
+            return failure(Failure::NotFound);
+        }
+        if batch {
+            if let Some(limit) = &create {
+                if let Err(wait) = limit.ready(client, now()) {
+                    return limited(wait);
+                }
+            }
+        }
+        let limits = match (&proxy, batch) {
+            (Some(p), _) => p.body_limits(),
+            (None, true) => BodyLimits {
+                max_bytes: self.batch_body_bytes,
+                ..self.route_body
+            },
+            (None, false) => self.route_body,
+        };
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body, limits, &self.metrics.client_faults).await {
+            Ok(b) => b,
+            Err(e) => return e.response(),
+        };
+        if batch {
+            if let Some(limit) = &create {
+                if let Err(wait) = limit.take_n(client, batch_links(&body), now()) {
+                    return limited(wait);
                 }
             }
         }
         match (proxy, api) {
-            (Some(proxy), _) => proxy.forward(req, peer, client, trusted_peer).await,
-            (None, Some(api)) => api(req).await,
+            (Some(proxy), _) => {
+                proxy
+                    .forward_read(parts, body, peer, client, trusted_peer)
+                    .await
+            }
+            (None, Some(api)) => api(Request::from_parts(parts, Full::new(body))).await,
             (None, None) => failure(Failure::NotFound),
         }
     }

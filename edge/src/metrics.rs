@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::clicks::ClickMetrics;
 use edgelink_core::breaker::BreakerMetrics;
+use edgelink_core::net::ClientFaults;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -44,9 +45,9 @@ pub const WRITEBACKS_SKIPPED_TOTAL: &str = "edgelink_cache_writebacks_skipped_to
 
 /// Status codes the public listener answers with (its own and the
 /// proxied API's), in label order; any other counts as 500.
-pub const STATUSES: [u16; 22] = [
-    200, 201, 204, 301, 302, 307, 308, 400, 401, 403, 404, 405, 409, 410, 413, 414, 422, 429, 500,
-    502, 503, 504,
+pub const STATUSES: [u16; 23] = [
+    200, 201, 204, 301, 302, 307, 308, 400, 401, 403, 404, 405, 408, 409, 410, 413, 414, 422, 429,
+    500, 502, 503, 504,
 ];
 
 /// Where an answer came from.
@@ -83,7 +84,7 @@ pub fn status_index(status: u16) -> usize {
         .unwrap_or(INTERNAL_ERROR_INDEX)
 }
 
-const INTERNAL_ERROR_INDEX: usize = 18;
+const INTERNAL_ERROR_INDEX: usize = 19;
 
 /// The reverse proxy's handles.
 #[derive(Clone)]
@@ -125,6 +126,8 @@ pub struct EdgeMetrics {
     /// Requests answered per second over the last second.
     pub request_rate: Gauge,
     pub access_log_dropped: Counter,
+    /// Requests refused as the client's fault, by reason.
+    pub client_faults: ClientFaults,
     /// Requests answered, for the rate: one stripe per thread, so counting
     /// is one uncontended atomic add.
     pub answered: Stripes,
@@ -267,6 +270,7 @@ impl EdgeMetrics {
                 writebacks_skipped: metrics::counter!(WRITEBACKS_SKIPPED_TOTAL),
                 request_rate: metrics::gauge!(REQUEST_RATE),
                 access_log_dropped: metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
+                client_faults: ClientFaults::register(),
                 answered: Stripes::default(),
                 clicks: ClickMetrics {
                     flushed: ["human", "bot"].map(|k| metrics::counter!(CLICKS_TOTAL, "kind" => k)),
@@ -299,8 +303,8 @@ impl EdgeMetrics {
 /// The label of `s`, from the same table as [`STATUSES`].
 fn status_label(s: u16) -> &'static str {
     const LABELS: [&str; STATUSES.len()] = [
-        "200", "201", "204", "301", "302", "307", "308", "400", "401", "403", "404", "405", "409",
-        "410", "413", "414", "422", "429", "500", "502", "503", "504",
+        "200", "201", "204", "301", "302", "307", "308", "400", "401", "403", "404", "405", "408",
+        "409", "410", "413", "414", "422", "429", "500", "502", "503", "504",
     ];
     LABELS[status_index(s)]
 }

@@ -25,11 +25,17 @@
 //!   stay under `retry_budget_percent` of requests in flight (at least 3).
 //! - **Headers:** hop-by-hop headers are dropped both ways;
 //!   `X-Forwarded-For` (the chain is kept only from a trusted proxy),
-//!   `X-Forwarded-Proto` and `X-Forwarded-Host` are set; `X-Request-Id` is
-//!   passed on when sane, else generated, and returned to the client.
-//! - **Bodies:** at most `max_body_bytes` (413); bodies up to
-//!   `replay_body_bytes` with a known length are buffered (so they can be
-//!   replayed), larger ones stream; responses always stream.
+//!   `X-Forwarded-Proto` and `X-Forwarded-Host` are set; `X-Real-IP` and
+//!   `Forwarded` are dropped unless the peer is a trusted proxy;
+//!   `X-Request-Id` is passed on when sane, else generated, and returned.
+//! - **Bodies:** at most `max_body_bytes` (413), under the server's body
+//!   timeouts; bodies up to `replay_body_bytes` with a known length are read
+//!   whole first (so they can be replayed), larger ones stream; responses
+//!   always stream.
+//! - **Who pays:** a body the client fails (malformed, aborted, too large,
+//!   too slow, or still owed when the time runs out) is the client's
+//!   400/413/408 and counts against no host. Only connect failures, 5xx
+//!   answers and response timeouts count against a host.
 //! - **Failures** are JSON: 502 (the upstream failed), 503 (no host can take
 //!   the request), 504 (the timeout passed).
 
@@ -43,12 +49,14 @@ use std::time::{Duration, Instant};
 use crate::metrics::ProxyMetrics;
 use bytes::Bytes;
 use edgelink_core::config::{upstream_base, Balance, ProxyConfig};
-use edgelink_core::net::{json_error, server::Peer, Body};
+use edgelink_core::net::{
+    json_error, server::Peer, Body, BodyLimits, BodyWatch, ClientFault, ClientFaults, LimitedBody,
+};
 use edgelink_core::shutdown::CancellationToken;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -58,6 +66,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// One origin host and what the proxy knows of it.
 #[derive(Debug)]
@@ -89,6 +98,9 @@ pub struct UpstreamState {
 
 pub struct Proxy {
     config: ProxyConfig,
+    /// `proxy.max_body_bytes` under the server's body timeouts.
+    body: BodyLimits,
+    faults: ClientFaults,
     upstreams: Vec<Upstream>,
     client: Client<HttpConnector, ReqBody>,
     started: Instant,
@@ -121,7 +133,9 @@ impl Proxy {
     /// replaces it).
     pub fn start(
         config: &ProxyConfig,
+        body: BodyLimits,
         metrics: ProxyMetrics,
+        faults: ClientFaults,
         shutdown: CancellationToken,
     ) -> Option<Arc<Proxy>> {
         if config.upstreams.is_empty() {
@@ -154,6 +168,11 @@ impl Proxy {
             .build(connector);
         let proxy = Arc::new(Proxy {
             config: config.clone(),
+            body: BodyLimits {
+                max_bytes: config.max_body_bytes,
+                ..body
+            },
+            faults,
             upstreams,
             client,
             started: Instant::now(),
@@ -217,6 +236,11 @@ impl Proxy {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The largest body this proxy forwards, under the client's timeouts.
+    pub fn body_limits(&self) -> BodyLimits {
+        self.body
+    }
+
     /// Forwards `req` from `client_ip` (already decided by the caller) and
     /// returns the upstream's answer, or a JSON failure.
     pub async fn forward(
@@ -227,11 +251,69 @@ impl Proxy {
         trusted_peer: bool,
     ) -> Response<Body> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.timeout_ms);
+        let (parts, incoming) = req.into_parts();
+        let request_id = request_id(&parts.headers);
+        let (body, watch) = match self.take_body(incoming, &parts.headers, deadline).await {
+            Ok(b) => b,
+            Err(resp) => return with_request_id(resp, &request_id),
+        };
+        let to = Outbound {
+            peer,
+            client_ip,
+            trusted_peer,
+            deadline,
+            request_id,
+        };
+        self.send(parts, body, watch, to).await
+    }
+
+    /// [`Proxy::forward`] of a request whose body the caller has read
+    /// whole (under [`Proxy::body_limits`]).
+    pub async fn forward_read(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        peer: Peer,
+        client_ip: IpAddr,
+        trusted_peer: bool,
+    ) -> Response<Body> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.timeout_ms);
+        let request_id = request_id(&parts.headers);
+        let body = if body.is_empty() {
+            ReqBody::Empty
+        } else {
+            ReqBody::Full(body)
+        };
+        let to = Outbound {
+            peer,
+            client_ip,
+            trusted_peer,
+            deadline,
+            request_id,
+        };
+        self.send(parts, body, BodyWatch::default(), to).await
+    }
+
+    /// Sends a request to the upstreams, retrying where allowed. `watch`
+    /// follows a body still streaming from the client: when the client
+    /// fails it, the answer is the client's 4xx and no host is blamed.
+    async fn send(
+        &self,
+        mut parts: http::request::Parts,
+        mut body: ReqBody,
+        watch: BodyWatch,
+        to: Outbound,
+    ) -> Response<Body> {
+        let Outbound {
+            peer,
+            client_ip,
+            trusted_peer,
+            deadline,
+            request_id,
+        } = to;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = Decrement(&self.in_flight);
         self.metrics.forwarded.increment(1);
-        let (mut parts, incoming) = req.into_parts();
-        let request_id = request_id(&parts.headers);
         prepare_headers(
             &mut parts.headers,
             peer,
@@ -245,11 +327,6 @@ impl Proxy {
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
-
-        let mut body = match self.take_body(incoming, &parts.headers, deadline).await {
-            Ok(b) => b,
-            Err(resp) => return with_request_id(resp, &request_id),
-        };
         let idempotent = matches!(
             parts.method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
@@ -318,6 +395,29 @@ impl Proxy {
                     Ok(Err(e)) => Some(Attempt::Failed(e.to_string())),
                 }
             };
+            // The client's body failed it, or the time ran out while the
+            // client still owed body bytes: the client's fault, whatever
+            // the upstream did meanwhile.
+            let client_fault = watch.fault().or_else(|| {
+                (outcome.is_none() && watch.waiting_on_client()).then(|| {
+                    self.faults.count(ClientFault::BodySlow);
+                    ClientFault::BodySlow
+                })
+            });
+            if let Some(fault) = client_fault {
+                if let Some(s) = span.as_mut() {
+                    s.set("error.type", fault.label());
+                }
+                tracing::debug!(
+                    reason = fault.label(),
+                    "proxied request failed by its client"
+                );
+                let e = edgelink_core::net::BodyError {
+                    fault,
+                    limit: self.body.max_bytes,
+                };
+                return with_request_id(e.response(), &request_id);
+            }
             let failed_before_send = matches!(outcome, Some(Attempt::NotSent(_)));
             let (resp, failure) = match outcome {
                 None => {
@@ -400,50 +500,44 @@ impl Proxy {
         )
     }
 
-    /// The request body as it will be sent: buffered when small enough to
-    /// replay, streamed (under the size limit) otherwise.
+    /// The request body as it will be sent, under the client's limits:
+    /// read whole when small enough to replay, streamed otherwise (its
+    /// [`BodyWatch`] then tells whether the client failed it).
     async fn take_body(
         &self,
         incoming: Incoming,
         headers: &HeaderMap,
         deadline: tokio::time::Instant,
-    ) -> Result<ReqBody, Response<Body>> {
-        let limit = self.config.max_body_bytes;
-        let too_large = || {
-            json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &format!("the body must be at most {limit} bytes"),
-            )
-        };
+    ) -> Result<(ReqBody, BodyWatch), Response<Body>> {
         if http_body::Body::is_end_stream(&incoming) {
-            return Ok(ReqBody::Empty);
+            return Ok((ReqBody::Empty, BodyWatch::default()));
         }
         let length = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let client_fault = |fault| {
+            self.faults.count(fault);
+            edgelink_core::net::BodyError {
+                fault,
+                limit: self.body.max_bytes,
+            }
+            .response()
+        };
+        if length.is_some_and(|n| n > self.body.max_bytes as u64) {
+            return Err(client_fault(ClientFault::BodyTooLarge));
+        }
+        let guarded = LimitedBody::new(incoming, self.body, self.faults.clone());
+        let watch = guarded.watch();
         match length {
-            Some(n) if n > limit as u64 => Err(too_large()),
             Some(n) if n <= self.config.replay_body_bytes as u64 => {
-                let read =
-                    tokio::time::timeout_at(deadline, Limited::new(incoming, limit).collect())
-                        .await;
-                match read {
-                    Ok(Ok(b)) => Ok(ReqBody::Full(b.to_bytes())),
-                    Ok(Err(_)) => Err(json_error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_body",
-                        "the request body could not be read",
-                    )),
-                    Err(_) => Err(json_error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "body_timeout",
-                        "the request body did not arrive in time",
-                    )),
+                match tokio::time::timeout_at(deadline, guarded.collect()).await {
+                    Ok(Ok(b)) => Ok((ReqBody::Full(b.to_bytes()), watch)),
+                    Ok(Err(e)) => Err(e.response()),
+                    Err(_) => Err(client_fault(ClientFault::BodySlow)),
                 }
             }
-            _ => Ok(ReqBody::Stream(Limited::new(incoming, limit))),
+            _ => Ok((ReqBody::Stream(guarded), watch)),
         }
     }
 
@@ -663,6 +757,11 @@ fn prepare_headers(
     request_id: &HeaderValue,
 ) {
     strip_hop_by_hop(headers);
+    if !trusted_peer {
+        // Claims about the client only a trusted proxy may make.
+        headers.remove(&X_REAL_IP);
+        headers.remove(header::FORWARDED);
+    }
     let host = headers.get(header::HOST).cloned().or_else(|| {
         uri.authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -713,13 +812,33 @@ fn with_request_id(mut resp: Response<Body>, id: &HeaderValue) -> Response<Body>
     resp
 }
 
+/// Where an attempt goes and what it carries besides the request.
+struct Outbound {
+    peer: Peer,
+    client_ip: IpAddr,
+    trusted_peer: bool,
+    deadline: tokio::time::Instant,
+    request_id: HeaderValue,
+}
+
 /// A request body on its way upstream.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub enum ReqBody {
     #[default]
     Empty,
     Full(Bytes),
-    Stream(Limited<Incoming>),
+    /// Streamed from the client under its limits.
+    Stream(LimitedBody<Incoming>),
+}
+
+impl std::fmt::Debug for ReqBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReqBody::Empty => f.write_str("Empty"),
+            ReqBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            ReqBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
 }
 
 impl ReqBody {
@@ -748,7 +867,7 @@ impl http_body::Body for ReqBody {
                 ReqBody::Full(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 _ => Poll::Ready(None),
             },
-            ReqBody::Stream(s) => Pin::new(s).poll_frame(cx),
+            ReqBody::Stream(s) => Pin::new(s).poll_frame(cx).map_err(Into::into),
         }
     }
 

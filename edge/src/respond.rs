@@ -37,6 +37,11 @@ pub enum Failure {
     UriTooLong,
     /// A plain-HTTP request without a usable `Host` to redirect to.
     NoHost,
+    /// A method the creation API is never called with (`CONNECT`,
+    /// `TRACE`, unknown ones): not forwarded.
+    ApiMethodNotAllowed,
+    /// An API path with dot-segments or an encoded slash: not forwarded.
+    BadPath,
 }
 
 impl Failure {
@@ -48,7 +53,8 @@ impl Failure {
             Failure::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Failure::UriTooLong => StatusCode::URI_TOO_LONG,
-            Failure::NoHost => StatusCode::BAD_REQUEST,
+            Failure::NoHost | Failure::BadPath => StatusCode::BAD_REQUEST,
+            Failure::ApiMethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -75,6 +81,12 @@ impl Failure {
             Failure::NoHost => {
                 r#"{"error":{"code":"no_host","message":"the request has no usable Host header"}}"#
             }
+            Failure::ApiMethodNotAllowed => {
+                r#"{"error":{"code":"method_not_allowed","message":"the API is not called with this method"}}"#
+            }
+            Failure::BadPath => {
+                r#"{"error":{"code":"bad_path","message":"the path has dot-segments or an encoded slash"}}"#
+            }
         }
     }
 }
@@ -89,6 +101,12 @@ pub fn failure(f: Failure) -> Response<Body> {
     match f {
         Failure::MethodNotAllowed => {
             h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        Failure::ApiMethodNotAllowed => {
+            h.insert(
+                ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
         }
         Failure::Unavailable => {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -175,6 +193,8 @@ mod tests {
             Failure::Internal,
             Failure::UriTooLong,
             Failure::NoHost,
+            Failure::ApiMethodNotAllowed,
+            Failure::BadPath,
         ] {
             let v: serde_json::Value = serde_json::from_str(f.body()).unwrap();
             assert!(v["error"]["code"].is_string(), "{f:?}");

@@ -108,7 +108,7 @@ async fn a_lane_hit_is_the_answer_hyper_gives_and_is_counted_the_same() {
     // HEAD, and a query, which the code's redirect ignores as hyper's does.
     let answers = exchange(
         &edge,
-        b"HEAD /abc HTTP/1.1\r\n\r\nGET /abc?utm=x HTTP/1.1\r\n\r\n",
+        b"HEAD /abc HTTP/1.1\r\nHost: x\r\n\r\nGET /abc?utm=x HTTP/1.1\r\nHost: x\r\n\r\n",
         2,
     )
     .await;
@@ -121,10 +121,10 @@ async fn a_lane_hit_is_the_answer_hyper_gives_and_is_counted_the_same() {
 
     // A 404 waited for in the lane (the lookup of an unknown code) is
     // hyper's 404 too, body and all.
-    let lane = exchange(&edge, b"GET /nope1 HTTP/1.1\r\n\r\n", 1).await;
+    let lane = exchange(&edge, b"GET /nope1 HTTP/1.1\r\nHost: x\r\n\r\n", 1).await;
     let hyper = exchange(
         &edge,
-        b"GET /nope2 HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /nope2 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
         1,
     )
     .await;
@@ -168,12 +168,12 @@ async fn a_connection_the_lane_cannot_finish_gets_every_answer_in_order() {
     // (the miss and the 404 after their lookups), hyper the POST.
     let answers = exchange(
         &edge,
-        b"GET /hot HTTP/1.1\r\n\r\n\
-          GET /perm HTTP/1.1\r\n\r\n\
-          GET /cold HTTP/1.1\r\n\r\n\
-          GET /no-such-code HTTP/1.1\r\n\r\n\
-          GET /hot HTTP/1.1\r\n\r\n\
-          POST /hot HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+        b"GET /hot HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /perm HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /cold HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /no-such-code HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /hot HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /hot HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n",
         6,
     )
     .await;
@@ -211,7 +211,7 @@ async fn a_connection_the_lane_cannot_finish_gets_every_answer_in_order() {
     // A lookup keeps the connection in the lane.
     let answers = exchange(
         &edge,
-        b"GET /no-such-2 HTTP/1.1\r\n\r\nGET /hot HTTP/1.1\r\n\r\n",
+        b"GET /no-such-2 HTTP/1.1\r\nHost: x\r\n\r\nGET /hot HTTP/1.1\r\nHost: x\r\n\r\n",
         2,
     )
     .await;
@@ -228,7 +228,7 @@ async fn the_lane_is_off_while_the_access_log_is_on() {
     assert_eq!(edge.get("/abc").await.status, 302);
     let answers = exchange(
         &edge,
-        b"GET /abc HTTP/1.1\r\n\r\nGET /abc HTTP/1.1\r\n\r\n",
+        b"GET /abc HTTP/1.1\r\nHost: x\r\n\r\nGET /abc HTTP/1.1\r\nHost: x\r\n\r\n",
         2,
     )
     .await;

@@ -74,6 +74,7 @@ async fn ten_thousand_random_unknown_codes_cost_a_bounded_number_of_queries() {
 async fn a_thousand_unfinished_heads_are_cut_off_while_requests_are_served() {
     let (edge, _dir) = edge_with(|c| {
         c.server.header_read_timeout_ms = 1_000;
+        c.server.keepalive_timeout_ms = 1_000;
         c.server.max_connections = 5_000;
     })
     .await;

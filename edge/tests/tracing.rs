@@ -35,7 +35,10 @@ impl Collector {
             async move {
                 assert_eq!(req.uri().path(), "/v1/traces");
                 assert_eq!(req.headers()["content-type"], "application/json");
-                let body = net::read_body(req.into_body(), 16 << 20).await.unwrap();
+                let limits = net::BodyLimits::new(&Default::default(), 16 << 20);
+                let body = net::read_body(req.into_body(), limits, &Default::default())
+                    .await
+                    .unwrap();
                 let v: Value = serde_json::from_slice(&body).unwrap();
                 kept.lock()
                     .unwrap()

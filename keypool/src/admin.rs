@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 pub use edgelink_core::net::Body;
-use edgelink_core::net::{json, json_error, read_body};
+use edgelink_core::net::{json, json_error, read_body, BodyLimits};
 use http::{HeaderMap, Method, Response, StatusCode};
 use serde::Deserialize;
 
@@ -26,6 +26,8 @@ pub struct Admin {
     token: Option<String>,
     store: Arc<dyn PoolStore>,
     refiller: Arc<Refiller>,
+    /// [`MAX_BODY`] under the server's body timeouts.
+    body: BodyLimits,
 }
 
 #[derive(Deserialize)]
@@ -35,11 +37,17 @@ struct RefillRequest {
 }
 
 impl Admin {
-    pub fn new(token: Option<String>, store: Arc<dyn PoolStore>, refiller: Arc<Refiller>) -> Admin {
+    pub fn new(
+        token: Option<String>,
+        store: Arc<dyn PoolStore>,
+        refiller: Arc<Refiller>,
+        server: &edgelink_core::config::ServerConfig,
+    ) -> Admin {
         Admin {
             token,
             store,
             refiller,
+            body: BodyLimits::new(server, MAX_BODY),
         }
     }
 
@@ -57,7 +65,7 @@ impl Admin {
         body: B,
     ) -> Response<Body>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(token) = &self.token else {
@@ -122,10 +130,10 @@ impl Admin {
 
     async fn refill<B>(&self, body: B) -> Response<Body>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let bytes = match read_body(body, MAX_BODY).await {
+        let bytes = match read_body(body, self.body, &Default::default()).await {
             Ok(b) => b,
             Err(e) => return e.response(),
         };

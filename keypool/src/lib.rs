@@ -70,6 +70,7 @@ impl Keypool {
             config.admin.token.clone(),
             store.clone(),
             refiller.clone(),
+            &config.server,
         ));
         Ok(Keypool {
             store,

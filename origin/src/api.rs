@@ -15,7 +15,9 @@ use bytes::Bytes;
 use edgelink_core::breaker::{Breaker, BreakerMetrics};
 use edgelink_core::config::BreakerConfig;
 use edgelink_core::link::now;
-use edgelink_core::net::{json as json_response, json_bytes, Body, BodyError};
+use edgelink_core::net::{
+    json as json_response, json_bytes, read_body, Body, BodyLimits, ClientFaults,
+};
 use edgelink_core::store::{LinkPatch, MAX_LIST, MAX_STATS_DAYS};
 
 /// `YYYY-MM-DD`, the dates of the stats API.
@@ -50,7 +52,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/links"),
     ("GET", "/api/v1/links"),
-    ("POST", "/api/v1/links/batch"),
+    ("POST", edgelink_core::link::BATCH_PATH),
     ("GET", "/api/v1/links/{code}"),
     ("PATCH", "/api/v1/links/{code}"),
     ("DELETE", "/api/v1/links/{code}"),
@@ -61,12 +63,6 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Age after which an Idempotency-Key binding without its link is taken to
 /// belong to a request that died (twice the longest storage budget).
 const ORPHANED_AFTER_SECS: i64 = 120;
-
-/// Most links one batch may create.
-pub const MAX_BATCH: usize = 1_000;
-
-/// Largest body of a batch (a thousand links of up to 8 KiB each fit).
-const MAX_BATCH_BODY: usize = 10 * 1024 * 1024;
 
 /// Pool keys tried per creation when a key turns out to be taken already
 /// (by an alias or an import that happened to spell it).
@@ -90,7 +86,14 @@ pub struct Api {
     /// `https://sho.rt` (no trailing slash): short URLs are `<public_url>/<code>`.
     pub public_url: String,
     pub invalidator: Arc<dyn Invalidator>,
-    pub max_body_bytes: usize,
+    /// How a request body is read: `origin.max_body_bytes` under the
+    /// server's body timeouts.
+    pub body: BodyLimits,
+    /// `origin.max_batch_body_bytes`, `origin.max_batch_links`.
+    pub batch_body_bytes: usize,
+    pub max_batch_links: usize,
+    /// Where bodies the client fails are counted.
+    pub faults: ClientFaults,
     /// The storage's circuit breaker: while it is open every API call
     /// (they all need storage) fails at once with 503, instead of each
     /// waiting out a timeout.
@@ -111,7 +114,7 @@ impl Api {
         body: B,
     ) -> Response<Body>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         match self.route(method, path, query, headers, body).await {
@@ -143,7 +146,7 @@ impl Api {
         body: B,
     ) -> Result<Response<Body>, ApiError>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let rest = path.strip_prefix(PREFIX).ok_or_else(route_not_found)?;
@@ -173,7 +176,7 @@ impl Api {
         body: B,
     ) -> Result<Response<Body>, ApiError>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let segments: Vec<&str> = rest.split('/').collect();
@@ -197,12 +200,13 @@ impl Api {
                         "Idempotency-Key is not supported on batches; create the links one by one to use it",
                     ));
                 }
-                let body = self.read_within(body, MAX_BATCH_BODY).await?;
+                let body = self.read_within(body, self.batch_body_bytes).await?;
                 let req: BatchCreate = parse(&body)?;
-                if req.links.is_empty() || req.links.len() > MAX_BATCH {
+                let max = self.max_batch_links;
+                if req.links.is_empty() || req.links.len() > max {
                     return Err(ApiError::invalid(
                         "invalid_batch",
-                        format!("a batch holds 1..={MAX_BATCH} links"),
+                        format!("a batch holds 1..={max} links"),
                     ));
                 }
                 self.batch(req.links).await
@@ -241,29 +245,24 @@ impl Api {
 
     async fn read<B>(&self, body: B) -> Result<Bytes, ApiError>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.read_within(body, self.max_body_bytes).await
+        self.read_within(body, self.body.max_bytes).await
     }
 
     async fn read_within<B>(&self, body: B, limit: usize) -> Result<Bytes, ApiError>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        edgelink_core::net::read_body(body, limit)
+        let limits = BodyLimits {
+            max_bytes: limit,
+            ..self.body
+        };
+        read_body(body, limits, &self.faults)
             .await
-            .map_err(|e| match e {
-                BodyError::TooLarge { limit } => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the body must be at most {limit} bytes"),
-                ),
-                BodyError::Unreadable => {
-                    ApiError::bad_request("bad_body", "the request body could not be read")
-                }
-            })
+            .map_err(|e| ApiError::new(e.status(), e.code(), e.message()))
     }
 
     /// Checks a creation request; the link it describes, minus its code.
@@ -434,7 +433,7 @@ impl Api {
         }
     }
 
-    /// Up to [`MAX_BATCH`] creations, written in one transaction; each item
+    /// Up to `origin.max_batch_links` creations, written in one transaction; each item
     /// gets its own result (201 with the link, or its error), in order.
     async fn batch(&self, items: Vec<CreateLink>) -> Result<Response<Body>, ApiError> {
         let created_at = now();

@@ -100,7 +100,10 @@ pub async fn build(
             edgelink_core::breaker::BreakerMetrics::default(),
         )),
         invalidator,
-        max_body_bytes: o.max_body_bytes,
+        body: edgelink_core::net::BodyLimits::new(&config.server, o.max_body_bytes),
+        batch_body_bytes: o.max_batch_body_bytes,
+        max_batch_links: o.max_batch_links,
+        faults: Default::default(),
         links,
         tracer: None,
     })
@@ -125,16 +128,18 @@ pub async fn run(
         "origin listening"
     );
     let routes = api.clone();
+    let mut options = server::Options::plain(
+        &config.server,
+        server::ConnLimits::new(
+            config.server.max_connections,
+            ::metrics::Gauge::noop(),
+            ::metrics::Counter::noop(),
+        ),
+    );
+    options.faults = api.faults.clone();
     let public_task = server::serve(
         public,
-        server::Options::plain(
-            &config.server,
-            server::ConnLimits::new(
-                config.server.max_connections,
-                ::metrics::Gauge::noop(),
-                ::metrics::Counter::noop(),
-            ),
-        ),
+        options,
         move |req, _peer| {
             let api = routes.clone();
             async move { route(&api, req).await }
@@ -162,7 +167,11 @@ pub async fn run(
 }
 
 /// The origin's public routes: `/api/v1/...` and `/healthz`.
-pub async fn route(api: &Api, req: Request<hyper::body::Incoming>) -> Response<Body> {
+pub async fn route<B>(api: &Api, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     if path.starts_with(api::PREFIX) {

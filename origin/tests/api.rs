@@ -972,6 +972,42 @@ async fn stats_give_totals_and_a_daily_series() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
+/// A batch is bounded like a single creation: by its body's size
+/// (`origin.max_batch_body_bytes`, 413) and its number of links
+/// (`origin.max_batch_links`, 422).
+#[tokio::test]
+async fn a_batch_is_bounded_by_its_body_size_and_link_count() {
+    let env = env().await;
+    fill(&env, 1_000).await;
+    let api = origin(&env).await;
+    let batch = |n: usize| {
+        let links: Vec<Value> = (0..n)
+            .map(|i| json!({"url": format!("https://example.com/{i}")}))
+            .collect();
+        json!({ "links": links }).to_string()
+    };
+    let post = |body: String| {
+        let api = &api;
+        let headers = auth(&env.key);
+        async move { call(api, Method::POST, "/api/v1/links/batch", &headers, &body).await }
+    };
+    let max = env.config.origin.max_batch_links;
+    assert_eq!(max, 100);
+    assert_eq!(post(batch(max)).await.status, StatusCode::OK);
+    let r = post(batch(max + 1)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["code"], "invalid_batch");
+    // Two links, padded past the body limit.
+    let padded = format!(
+        "{}{}",
+        batch(2),
+        " ".repeat(env.config.origin.max_batch_body_bytes)
+    );
+    let r = post(padded).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "body_too_large");
+}
+
 /// Every spelling of the shortener's own host loops; targets on private,
 /// loopback or link-local addresses are refused (`origin.block_private_targets`).
 #[tokio::test]

@@ -18,12 +18,13 @@
 //! preface, `HTTP/1.0`) are handed over the same way, and hyper answers
 //! them as it always has.
 //!
-//! The lane keeps hyper's limits: the header-read timeout runs from the
-//! moment the connection waits for the next request head (so it also ends
-//! an idle keep-alive connection); a head longer than the listener's limit
-//! is handed to hyper, which refuses it with `431`; on shutdown an idle
-//! connection is closed, and a request read after it began is handed to
-//! hyper, which answers it with `connection: close`.
+//! The lane keeps the listener's limits: a head must be whole within the
+//! header timeout of its first byte, an idle connection is closed after the
+//! keep-alive timeout, a head longer than the limit and one without exactly
+//! one valid `Host` are handed to hyper (whose framing guard refuses them).
+//! On shutdown, the requests read are answered, the last with
+//! `connection: close`, and an idle connection closes after a short wait
+//! for a request already on its way.
 //!
 //! Why: over a warm cache, hyper's request and response objects, its
 //! header map and the framing guard's copy were most of the edge's
@@ -41,6 +42,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
+use super::framing::is_host_value;
 use super::server::Peer;
 use super::Body;
 
@@ -75,10 +77,12 @@ pub trait Express: Send + Sync {
 /// The lane's limits, those hyper applies to the same listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// A request head must be whole within this of the connection's
-    /// starting to wait for it.
+    /// A request head must be whole within this of its first byte (of the
+    /// accept, for a connection's first request).
     pub head_timeout: Duration,
-    /// Longer heads go to hyper (which answers `431`).
+    /// How long a connection may wait for its next request after an answer.
+    pub keepalive: Duration,
+    /// Longer heads go to hyper (whose framing guard answers `431`).
     pub max_head: usize,
 }
 
@@ -95,7 +99,9 @@ pub enum Outcome<IO> {
 const MAX_HEADERS: usize = 32;
 
 /// Serves `io` in the express lane until it closes or needs hyper.
-/// `closing`: the listener is shutting down.
+/// `closing`: the listener has closed; from then on the connection's last
+/// answer carries `connection: close`, and an idle connection waits
+/// [`super::server::SETTLE`] for a request on its way before it closes.
 pub async fn serve<IO>(
     mut io: IO,
     express: &dyn Express,
@@ -108,13 +114,19 @@ where
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(512);
-    // The head timeout runs from the last request answered. Its timer is
-    // armed once and moved on only when it fires early (at most once a
-    // timeout), not re-armed for every request: a timer-wheel insert and
-    // removal per request was ~1% of the edge's time (`perf`).
+    // The connection is closed at `deadline`: its first head must be whole
+    // a head timeout after the accept; after an answer it may idle for the
+    // keep-alive timeout, and a head it then starts must be whole a head
+    // timeout after its first byte was seen. The timer is armed once and
+    // moved on only when it fires early (at most once a timeout), not
+    // re-armed for every request: a timer-wheel insert and removal per
+    // request was ~1% of the edge's time (`perf`).
     let mut deadline = tokio::time::Instant::now() + limits.head_timeout;
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
+    // When the timer fires; moved earlier at once (a keep-alive shorter
+    // than the head timeout, a head started late in a long keep-alive).
+    let mut armed = deadline;
     // Registered once, so that shutdown wakes an idle connection.
     let cancelled = closing.cancelled();
     tokio::pin!(cancelled);
@@ -123,16 +135,14 @@ where
         let mut handoff = false;
         let mut waited = None;
         let mut served = false;
+        // Where the last answer written begins in `out`.
+        let mut last = None;
         // Checked once per read, not per pipelined request (it is a lock).
         let stopping = !buf.is_empty() && closing.is_cancelled();
         while !buf.is_empty() {
-            if stopping {
-                // hyper answers it, with `connection: close`, and closes.
-                handoff = true;
-                break;
-            }
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
+            let at = out.len();
             let step = match req.parse(&buf) {
                 Ok(httparse::Status::Complete(len)) => match simple(&req) {
                     Some(s) if express.answer(&s, peer, &mut out) => Step::Answered(len),
@@ -152,6 +162,7 @@ where
                 Step::Answered(len) => {
                     buf.advance(len);
                     served = true;
+                    last = Some(at);
                 }
                 Step::Wait(len, req) => {
                     let Some(responding) = express.respond(*req, peer) else {
@@ -175,6 +186,7 @@ where
                 return Outcome::Closed;
             }
             let resp = responding.await;
+            last = Some(out.len());
             if !write_response(&mut out, &resp) {
                 debug_assert!(false, "a response in the lane must have a whole body");
                 return Outcome::Closed;
@@ -182,7 +194,7 @@ where
             served = true;
             if !buf.is_empty() {
                 // Pipelined requests after it: write, then take them next.
-                deadline = tokio::time::Instant::now() + limits.head_timeout;
+                deadline = tokio::time::Instant::now() + limits.keepalive;
                 if flush(&mut io, &mut out).await.is_err() {
                     return Outcome::Closed;
                 }
@@ -190,7 +202,25 @@ where
             }
         }
         if served {
-            deadline = tokio::time::Instant::now() + limits.head_timeout;
+            deadline = tokio::time::Instant::now() + limits.keepalive;
+        }
+        if !buf.is_empty() && !handoff {
+            // An unfinished head: whole a head timeout after it was seen.
+            deadline = deadline.min(tokio::time::Instant::now() + limits.head_timeout);
+        }
+        if deadline < armed {
+            armed = deadline;
+            timer.as_mut().reset(deadline);
+        }
+        if stopping && !handoff && buf.is_empty() {
+            // Draining, and every request read is answered: the last
+            // answer says so, and the connection closes after it.
+            if let Some(at) = last {
+                close_after(&mut out, at);
+            }
+            let _ = flush(&mut io, &mut out).await;
+            let _ = io.shutdown().await;
+            return Outcome::Closed;
         }
         if flush(&mut io, &mut out).await.is_err() {
             return Outcome::Closed;
@@ -215,10 +245,27 @@ where
                 if tokio::time::Instant::now() >= deadline {
                     return Outcome::Closed;
                 }
+                armed = deadline;
                 timer.as_mut().reset(deadline);
             }
-            () = &mut cancelled, if buf.is_empty() => return Outcome::Closed,
+            () = &mut cancelled, if buf.is_empty() => {
+                // Nothing under way: a request already on its way still
+                // gets its answer; else the connection closes.
+                let settle = super::server::SETTLE;
+                match tokio::time::timeout(settle, io.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Outcome::Closed,
+                }
+            }
         }
+    }
+}
+
+/// Inserts `connection: close` into the response head that starts at `at`.
+fn close_after(out: &mut Vec<u8>, at: usize) {
+    if let Some(end) = memchr::memmem::find(&out[at..], b"\r\n\r\n") {
+        let line_end = at + end + 2;
+        out.splice(line_end..line_end, b"connection: close\r\n".iter().copied());
     }
 }
 
@@ -293,10 +340,17 @@ fn simple<'a>(req: &httparse::Request<'_, 'a>) -> Option<Simple<'a>> {
     }
     let target = req.path.filter(|t| t.starts_with('/'))?;
     let mut user_agent = None;
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"user-agent") {
             user_agent = user_agent.or(Some(h.value));
+        } else if name.eq_ignore_ascii_case(b"host") {
+            // More than one, or not a host: the framing guard's 400.
+            hosts += 1;
+            if hosts > 1 || !is_host_value(h.value) {
+                return None;
+            }
         } else if [
             &b"content-length"[..],
             b"transfer-encoding",
@@ -310,6 +364,10 @@ fn simple<'a>(req: &httparse::Request<'_, 'a>) -> Option<Simple<'a>> {
             // A body, or a say in how the connection goes on: hyper's.
             return None;
         }
+    }
+    if hosts == 0 {
+        // HTTP/1.1 without Host: the framing guard's 400.
+        return None;
     }
     Some(Simple {
         head,
@@ -517,6 +575,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         head_timeout: Duration::from_secs(5),
+        keepalive: Duration::from_secs(5),
         max_head: 8192,
     };
 
@@ -587,13 +646,13 @@ mod tests {
             Some((false, "/a?q=1".into(), Some(b"ua/1".to_vec())))
         );
         assert_eq!(
-            simple_of(b"HEAD /a HTTP/1.1\r\n\r\n"),
+            simple_of(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n"),
             Some((true, "/a".into(), None))
         );
         for head in [
-            &b"POST /a HTTP/1.1\r\n\r\n"[..],
-            b"OPTIONS * HTTP/1.1\r\n\r\n",
-            b"GET http://h/a HTTP/1.1\r\n\r\n",
+            &b"POST /a HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET http://h/a HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a HTTP/1.0\r\n\r\n",
             b"GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
             b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -601,6 +660,10 @@ mod tests {
             b"GET /a HTTP/1.1\r\nconnection: keep-alive\r\n\r\n",
             b"GET /a HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
             b"GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            // Without exactly one valid Host: the framing guard refuses it.
+            b"GET /a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n",
         ] {
             assert_eq!(simple_of(head), None, "{}", String::from_utf8_lossy(head));
         }
@@ -643,11 +706,11 @@ mod tests {
     async fn answers_in_order_then_hands_the_rest_to_hyper() {
         let express = Arc::new(OnlyA::default());
         let (mut client, task) = lane(express.clone(), CancellationToken::new());
-        let rest = b"GET /b HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n";
+        let rest = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n";
         client
             .write_all(
                 &[
-                    &b"GET /a HTTP/1.1\r\n\r\nHEAD /a HTTP/1.1\r\n\r\n"[..],
+                    &b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /a HTTP/1.1\r\nHost: x\r\n\r\n"[..],
                     rest,
                 ]
                 .concat(),
@@ -670,8 +733,8 @@ mod tests {
         let (mut client, task) = lane(express.clone(), CancellationToken::new());
         client
             .write_all(
-                b"GET /a HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\nUser-Agent: ua/2\r\n\r\n\
-                  GET /a HTTP/1.1\r\n\r\n",
+                b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/2\r\n\r\n\
+                  GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
             )
             .await
             .unwrap();
@@ -694,7 +757,10 @@ mod tests {
         );
         assert_eq!(express.answered.load(Ordering::Relaxed), 2);
         // Still in the lane: a request after the wait is answered there too.
-        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(responses(&mut client, 1).await.len(), 1);
         assert_eq!(express.answered.load(Ordering::Relaxed), 3);
         drop(client);
@@ -733,7 +799,7 @@ mod tests {
             head_timeout: Duration::from_millis(200),
             ..LIMITS
         };
-        for sent in [&b""[..], b"GET /a HTTP/1.1\r\n"] {
+        for sent in [&b""[..], b"GET /a HTTP/1.1\r\nHost: x\r\n"] {
             let started = tokio::time::Instant::now();
             let (mut client, task) = lane_with(Arc::default(), CancellationToken::new(), limits);
             client.write_all(sent).await.unwrap();
@@ -743,19 +809,25 @@ mod tests {
     }
 
     /// The timer is armed once and moved on lazily: a request answered
-    /// still gives the connection a whole timeout from then.
+    /// still gives the connection a whole keep-alive timeout from then.
     #[tokio::test(start_paused = true)]
-    async fn each_answer_restarts_the_head_timeout() {
+    async fn each_answer_restarts_the_keepalive_timeout() {
         let limits = Limits {
-            head_timeout: Duration::from_millis(300),
+            keepalive: Duration::from_millis(300),
             ..LIMITS
         };
         let started = tokio::time::Instant::now();
         let (mut client, task) = lane_with(Arc::default(), CancellationToken::new(), limits);
-        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(responses(&mut client, 1).await.len(), 1);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(responses(&mut client, 1).await.len(), 1);
         // Past the first deadline (300 ms), before the second (500 ms).
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -770,32 +842,114 @@ mod tests {
         assert!(took < Duration::from_millis(600), "{took:?}");
     }
 
+    /// A long keep-alive does not lengthen the time a started head has.
+    #[tokio::test(start_paused = true)]
+    async fn a_head_started_while_idle_has_the_head_timeout() {
+        let limits = Limits {
+            head_timeout: Duration::from_millis(200),
+            keepalive: Duration::from_secs(60),
+            ..LIMITS
+        };
+        let (mut client, task) = lane_with(Arc::default(), CancellationToken::new(), limits);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(responses(&mut client, 1).await.len(), 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!task.is_finished(), "idle within the keep-alive");
+        let started = tokio::time::Instant::now();
+        client.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the unfinished head must be cut")
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Closed));
+        let took = started.elapsed();
+        assert!(
+            took >= limits.head_timeout && took < Duration::from_millis(300),
+            "{took:?}"
+        );
+    }
+
+    /// The rest of the connection's bytes once the lane has closed it.
+    async fn until_closed(client: &mut DuplexStream) -> String {
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        String::from_utf8(rest).unwrap()
+    }
+
     #[tokio::test]
-    async fn on_shutdown_idle_connections_close_and_new_requests_go_to_hyper() {
+    async fn on_shutdown_every_request_read_is_answered_the_last_with_close() {
+        // Idle when the drain begins: closed after a short wait.
         let closing = CancellationToken::new();
         let (mut client, task) = lane(Arc::default(), closing.clone());
-        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(responses(&mut client, 1).await.len(), 1);
+        let began = std::time::Instant::now();
         closing.cancel();
         assert!(matches!(task.await.unwrap(), Outcome::Closed));
+        assert!(began.elapsed() >= super::super::server::SETTLE);
 
-        // A request under way when shutdown begins is hyper's to answer
-        // (with `connection: close`).
+        // A head under way when the drain begins is answered, with close.
         let closing = CancellationToken::new();
         let (mut client, task) = lane(Arc::default(), closing.clone());
         client.write_all(b"GET /a HT").await.unwrap();
         tokio::task::yield_now().await;
         closing.cancel();
         tokio::task::yield_now().await;
-        client.write_all(b"TP/1.1\r\n\r\n").await.unwrap();
-        let head = b"GET /a HTTP/1.1\r\n\r\n";
-        assert_eq!(replayed(task.await.unwrap(), head.len()).await, head);
+        client
+            .write_all(b"TP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
+        let reply = until_closed(&mut client).await;
+        assert!(reply.starts_with("HTTP/1.1 302 Found\r\n"), "{reply:?}");
+        assert!(reply.contains("\r\nconnection: close\r\n"), "{reply:?}");
+
+        // A request sent just after, on an idle connection: answered too.
+        let closing = CancellationToken::new();
+        let (mut client, task) = lane(Arc::default(), closing.clone());
+        closing.cancel();
+        tokio::task::yield_now().await;
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
+        assert!(until_closed(&mut client)
+            .await
+            .contains("connection: close"));
+
+        // Pipelined requests: all answered, only the last says close.
+        let closing = CancellationToken::new();
+        closing.cancel();
+        let (mut client, task) = lane(Arc::default(), closing.clone());
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
+        let reply = until_closed(&mut client).await;
+        assert_eq!(reply.matches("HTTP/1.1 302").count(), 2, "{reply:?}");
+        assert_eq!(reply.matches("connection: close").count(), 1, "{reply:?}");
+        assert!(reply
+            .rsplit("HTTP/1.1")
+            .next()
+            .unwrap()
+            .contains("connection: close"));
     }
 
     #[tokio::test]
     async fn a_peer_that_closes_ends_the_lane() {
         let (mut client, task) = lane(Arc::default(), CancellationToken::new());
-        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         client.shutdown().await.unwrap();
         // Its request is still answered (a half-close is not an abort).
         assert_eq!(responses(&mut client, 1).await.len(), 1);

@@ -1,22 +1,26 @@
 //! Serving HTTP, shared by every role: listeners built with socket2, the
 //! hyper accept loop (connection cap, header-read timeout, graceful drain),
-//! and the small responses and body reads every role's routes make.
+//! the small responses every role's routes make, and request bodies read
+//! under the client's limits (a client's fault is its own 4xx).
 
 mod body;
 pub mod express;
+mod fault;
 pub mod framing;
 mod ipnet;
 pub mod listener;
 pub mod process;
+mod request_body;
 pub mod server;
 
 pub use body::Body;
+pub use fault::{ClientFault, ClientFaults, CLIENT_FAULTS_TOTAL};
 pub use ipnet::IpNet;
+pub use request_body::{read_body, BodyError, BodyLimits, BodyWatch, LimitedBody};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -73,45 +77,5 @@ pub fn admin_basics(
         }
         (&Method::GET, "/healthz") => Some(text(StatusCode::OK, "ok\n")),
         _ => None,
-    }
-}
-
-/// Why a request body could not be had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
-    /// Longer than the limit (413).
-    TooLarge { limit: usize },
-    /// The connection failed while it was read (400).
-    Unreadable,
-}
-
-impl BodyError {
-    /// The answer for this failure, in the JSON error shape.
-    pub fn response(self) -> Response<Body> {
-        match self {
-            BodyError::TooLarge { limit } => json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &format!("the body must be at most {limit} bytes"),
-            ),
-            BodyError::Unreadable => json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                "the request body could not be read",
-            ),
-        }
-    }
-}
-
-/// Reads a whole request body, refusing more than `limit` bytes.
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge { limit }),
-        Err(_) => Err(BodyError::Unreadable),
     }
 }

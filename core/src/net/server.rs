@@ -2,34 +2,43 @@
 //! cap, optional TLS (rustls), the express lane for a role that has one
 //! ([`super::express`]; a connection leaves it for hyper at its first
 //! request the lane does not answer), the request-framing guard, hyper's
-//! HTTP/1.1 + HTTP/2 auto builder with a timer (so the header-read timeout
-//! applies), and a graceful drain bounded by a deadline.
+//! HTTP/1.1 + HTTP/2 auto builder, and a drain that loses no request.
 //!
-//! The header-read timeout also bounds an idle keep-alive connection: hyper
-//! starts it whenever it waits for the next request head.
+//! Timeouts: the framing guard (and the lane) bound a request head from its
+//! first byte; hyper's header-read timer, which runs whenever hyper waits
+//! for the next request, is the HTTP/1 keep-alive idle timeout; a
+//! connection on which no request starts for `server.h2_idle_timeout_ms`
+//! is shut down gracefully (PINGs are no requests).
+//!
+//! Drain: once the listener closes, HTTP/1 answers carry
+//! `connection: close` and the connection closes after them; a connection
+//! with nothing under way is given [`SETTLE`] for a request already on its
+//! way, then closed (HTTP/1) or sent GOAWAY (HTTP/2, whose streams in
+//! flight finish).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ServerConfig;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::express::{self, Express, Outcome, Replay};
-use super::framing::FramingGuard;
+use super::fault::ClientFaults;
+use super::framing::{FramingGuard, GuardLimits};
 use super::Body;
 
 /// Who is on the other end of a connection.
@@ -45,17 +54,20 @@ pub fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        // Runs while hyper waits for the next request head: the keep-alive
+        // idle timeout (the framing guard holds a head back until it is
+        // whole, and times it itself).
+        .header_read_timeout(Duration::from_millis(config.keepalive_timeout_ms))
         .max_buf_size(max_buf_size(config))
         // A client may shut its side after its last request and still get
         // the answers; the framing guard relies on it (it ends the read
-        // side before a refused request, then answers 400 on shutdown).
+        // side before a refused request, then answers on shutdown).
         .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        // Pings find dead peers; an idle HTTP/2 connection is otherwise
-        // kept (the connection cap bounds how many).
+        // Pings find dead peers; an idle connection is closed by the
+        // connection loop (`h2_idle_timeout_ms`), answered pings or not.
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
@@ -93,19 +105,27 @@ pub struct Options {
     pub limits: ConnLimits,
     /// TLS for every connection; `None` for plain HTTP.
     pub tls: Option<TlsAcceptor>,
-    /// A TLS handshake, and a request head the framing guard holds back,
-    /// must end within this (`server.header_read_timeout_ms`).
+    /// A TLS handshake, and a request head, must end within this
+    /// (`server.header_read_timeout_ms`).
     pub handshake_timeout: Duration,
+    /// A connection on which no request starts for this long is shut down
+    /// (`server.h2_idle_timeout_ms`).
+    pub idle_timeout: Duration,
+    /// How long an idle HTTP/1 connection is kept between requests in the
+    /// express lane (`server.keepalive_timeout_ms`).
+    pub keepalive: Duration,
     /// In-flight requests get this long after `shutdown`.
     pub drain: Duration,
     /// Simple requests answered without hyper ([`express`]); `None`: every
     /// request goes to hyper.
     pub express: Option<Arc<dyn Express>>,
     /// hyper's read buffer, which bounds a request head (the express
-    /// lane's too).
+    /// lane's and the framing guard's too).
     pub max_head: usize,
     /// Counts the connections the express lane hands to hyper.
     pub express_handoffs: Counter,
+    /// Counts the heads the framing guard refuses.
+    pub faults: ClientFaults,
 }
 
 impl Options {
@@ -116,10 +136,13 @@ impl Options {
             limits,
             tls: None,
             handshake_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(config.h2_idle_timeout_ms),
+            keepalive: Duration::from_millis(config.keepalive_timeout_ms),
             drain: Duration::from_millis(config.drain_timeout_ms),
             express: None,
             max_head: max_buf_size(config),
             express_handoffs: Counter::noop(),
+            faults: ClientFaults::default(),
         }
     }
 
@@ -129,6 +152,65 @@ impl Options {
             config,
             ConnLimits::new(256, metrics::Gauge::noop(), metrics::Counter::noop()),
         )
+    }
+}
+
+/// How long a connection with nothing under way is kept once the drain
+/// begins, for a request already on its way (a closed-loop client sends
+/// its next request right after an answer; closing in between would
+/// reset it).
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// The drain as every connection of one listener sees it.
+#[derive(Default)]
+struct Drain {
+    /// Set when the listener closes (a load per request, no lock).
+    closing: AtomicBool,
+    /// Woken with it (idle connections wait on it).
+    started: CancellationToken,
+    /// Connections still open, and a wake-up when one ends.
+    open: AtomicUsize,
+    ended: Notify,
+}
+
+impl Drain {
+    fn begin(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.started.cancel();
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Until every connection has ended.
+    async fn all_ended(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// Counts one connection open for as long as it lives.
+struct Tracked(Arc<Drain>);
+
+impl Tracked {
+    fn new(drain: &Arc<Drain>) -> Tracked {
+        drain.open.fetch_add(1, Ordering::AcqRel);
+        Tracked(drain.clone())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.ended.notify_waiters();
     }
 }
 
@@ -142,10 +224,7 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
-    // What the express lane sees of the graceful shutdown (hyper's
-    // connections see it through their watchers).
-    let winding_down = CancellationToken::new();
+    let drain = Arc::new(Drain::default());
     let limits = &options.limits;
     let mut closing = false;
     loop {
@@ -192,16 +271,13 @@ pub async fn serve<H, F>(
         };
         let open = limits.open.clone();
         open.increment(1.0);
-        let (options, handler, watcher) = (options.clone(), handler.clone(), graceful.watcher());
-        let closing = winding_down.clone();
+        let (options, handler) = (options.clone(), handler.clone());
+        let tracked = Tracked::new(&drain);
         tokio::spawn(async move {
-            // The watcher lives as long as the connection, so the drain
-            // below waits for express-lane connections too.
             let conn = Conn {
                 options: &options,
                 peer,
-                watcher,
-                closing,
+                drain: &tracked.0,
             };
             match &options.tls {
                 None => conn.serve(stream, handler).await,
@@ -217,27 +293,19 @@ pub async fn serve<H, F>(
                 }
             }
             open.decrement(1.0);
+            drop(tracked);
             drop(permit);
         });
     }
     drop(listener);
-    // hyper closes a connection at once on graceful shutdown when it has
-    // not read a request yet, and one accepted a moment ago may have its
-    // request still unread in the socket (closing then resets it): let
-    // those requests be read first.
-    tokio::time::sleep(SETTLE.min(options.drain)).await;
-    winding_down.cancel();
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(options.drain) => {
-            tracing::warn!(drain = ?options.drain, "drain deadline passed; closing the remaining connections");
-        }
+    drain.begin();
+    if tokio::time::timeout(options.drain, drain.all_ended())
+        .await
+        .is_err()
+    {
+        tracing::warn!(drain = ?options.drain, "drain deadline passed; closing the remaining connections");
     }
 }
-
-/// How long connections accepted just before shutdown get to deliver their
-/// first request before graceful shutdown closes idle connections.
-const SETTLE: Duration = Duration::from_millis(100);
 
 /// A connection already queued on `listener`, without waiting: a direct
 /// `accept` (tokio's own would trust its cached readiness, which may not
@@ -254,9 +322,16 @@ fn try_accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAd
 struct Conn<'o> {
     options: &'o Options,
     peer: Peer,
-    watcher: Watcher,
-    closing: CancellationToken,
+    drain: &'o Arc<Drain>,
 }
+
+/// Requests started on one connection (its idle timer reads them).
+#[derive(Default)]
+struct Activity {
+    requests: AtomicU64,
+}
+
+const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
 impl Conn<'_> {
     /// Serves `io`: in the express lane while it can, then with hyper.
@@ -269,17 +344,17 @@ impl Conn<'_> {
         let Conn {
             options,
             peer,
-            watcher,
-            closing,
+            drain,
         } = self;
         let io = match &options.express {
             None => Replay::new(io),
             Some(lane) => {
                 let limits = express::Limits {
                     head_timeout: options.handshake_timeout,
+                    keepalive: options.keepalive,
                     max_head: options.max_head,
                 };
-                match express::serve(io, &**lane, peer, limits, &closing).await {
+                match express::serve(io, &**lane, peer, limits, &drain.started).await {
                     Outcome::Closed => return,
                     Outcome::Handoff(io) => {
                         options.express_handoffs.increment(1);
@@ -288,19 +363,82 @@ impl Conn<'_> {
                 }
             }
         };
-        let service = service_fn(move |req| {
-            let fut = handler(req, peer);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
+        let activity = Arc::new(Activity::default());
+        let service = {
+            let (activity, drain) = (activity.clone(), drain.clone());
+            service_fn(move |req: Request<Incoming>| {
+                activity.requests.fetch_add(1, Ordering::Relaxed);
+                let http1 = req.version() <= Version::HTTP_11;
+                let fut = handler(req, peer);
+                let drain = drain.clone();
+                async move {
+                    let mut resp = fut.await;
+                    if http1 && drain.closing() {
+                        resp.headers_mut().insert(http::header::CONNECTION, CLOSE);
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
+        let guard = GuardLimits {
+            head_timeout: options.handshake_timeout,
+            max_head: options.max_head,
+        };
         let conn = options
             .builder
             .serve_connection(
-                TokioIo::new(FramingGuard::with_timeout(io, options.handshake_timeout)),
+                TokioIo::new(FramingGuard::new(io, guard, options.faults.clone())),
                 service,
             )
             .into_owned();
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(error = %e, "connection ended with an error");
+        tokio::pin!(conn);
+        // Checked four times per idle timeout: a connection is shut down
+        // after one to one and a quarter timeouts without a request.
+        let tick = (options.idle_timeout / 4).max(Duration::from_millis(1));
+        let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut seen, mut idle_for) = (0, Duration::ZERO);
+        let mut settle = None;
+        let mut shut = false;
+        loop {
+            tokio::select! {
+                // hyper first: a request already readable is taken before
+                // the connection is shut down.
+                biased;
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = drain.started.cancelled(), if settle.is_none() && !shut => {
+                    settle = Some(Box::pin(tokio::time::sleep(SETTLE)));
+                }
+                () = wait(&mut settle), if settle.is_some() && !shut => {
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                }
+                _ = idle_check.tick(), if !shut => {
+                    let now = activity.requests.load(Ordering::Relaxed);
+                    if now == seen {
+                        idle_for += tick;
+                    } else {
+                        (seen, idle_for) = (now, Duration::ZERO);
+                    }
+                    if idle_for >= options.idle_timeout {
+                        conn.as_mut().graceful_shutdown();
+                        shut = true;
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Until the sleep in `settle` ends (never while there is none).
+async fn wait(settle: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match settle {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }

@@ -15,6 +15,8 @@ use http::{HeaderMap, Request, Response, StatusCode};
 pub const OK: u8 = 0;
 pub const FAIL: u8 = 1;
 pub const SLOW: u8 = 2;
+/// Answers 401, as an origin does to an unknown API key.
+pub const DENY: u8 = 3;
 
 /// An origin stand-in: counts requests, remembers the last one's headers
 /// and body, answers as `mode` says; `/healthz` answers as `healthy` says.
@@ -63,10 +65,17 @@ impl Upstream {
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
-        let body = net::read_body(body, 64 << 20).await.unwrap_or_default();
+        let body = net::read_body(
+            body,
+            net::BodyLimits::new(&Config::default().server, 64 << 20),
+            &Default::default(),
+        )
+        .await
+        .unwrap_or_default();
         *self.last.lock().unwrap() = Some((parts.headers, body.clone()));
         match self.mode.load(Ordering::Relaxed) {
             FAIL => return net::text(StatusCode::INTERNAL_SERVER_ERROR, "broken\n"),
+            DENY => return net::text(StatusCode::UNAUTHORIZED, "who are you\n"),
             SLOW => tokio::time::sleep(Duration::from_secs(3)).await,
             _ => {}
         }
