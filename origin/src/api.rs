@@ -104,7 +104,8 @@ pub struct Api {
 }
 
 impl Api {
-    /// Answers a request whose path starts with [`PREFIX`].
+    /// Answers a request whose path starts with [`PREFIX`]. `HEAD` is
+    /// answered as `GET` is, headers only (`Content-Length` included).
     pub async fn handle<B>(
         &self,
         method: &Method,
@@ -117,10 +118,20 @@ impl Api {
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match self.route(method, path, query, headers, body).await {
+        let head = method == Method::HEAD;
+        let method = if head { &Method::GET } else { method };
+        let mut resp = match self.route(method, path, query, headers, body).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
+        };
+        if head {
+            if let Some(len) = resp.body().as_full().map(<[u8]>::len) {
+                resp.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+                *resp.body_mut() = Body::default();
+            }
         }
+        resp
     }
 
     /// Replaces the storage breaker with one reporting to `metrics`.
@@ -376,7 +387,7 @@ impl Api {
             return Err(ApiError {
                 retry_after: Some(1),
                 ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::CONFLICT,
                     "idempotency_in_progress",
                     "an earlier request with this Idempotency-Key is still being processed",
                 )
@@ -579,9 +590,15 @@ impl Api {
     /// inclusive; by default the last 30 days up to today.
     async fn stats(&self, code: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
         let date = |v: &str, name: &str| {
-            time::Date::parse(v, DATE).map_err(|_| {
-                ApiError::invalid("invalid_date", format!("{name} must be a date, YYYY-MM-DD"))
-            })
+            time::Date::parse(v, DATE)
+                .ok()
+                .filter(|d| (1970..=9999).contains(&d.year()))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "invalid_date",
+                        format!("{name} must be a date, YYYY-MM-DD, from 1970 on"),
+                    )
+                })
         };
         let mut to = time::OffsetDateTime::now_utc().date();
         let mut from = None;
@@ -597,14 +614,16 @@ impl Api {
                 }
             }
         }
-        let from = from.unwrap_or(to - time::Duration::days(29));
-        let days = (to - from).whole_days() + 1;
-        if !(1..=MAX_STATS_DAYS).contains(&days) {
+        // `to` may be any date the format reads, year -9999 included: no
+        // arithmetic on it may overflow.
+        let from = from.or_else(|| to.checked_sub(time::Duration::days(29)));
+        let days = from.map_or(0, |from| (to - from).whole_days() + 1);
+        let Some(from) = from.filter(|_| (1..=MAX_STATS_DAYS).contains(&days)) else {
             return Err(ApiError::invalid(
                 "invalid_range",
                 format!("from must not be after to, and the range at most {MAX_STATS_DAYS} days"),
             ));
-        }
+        };
         if self.links.find(code).await?.is_none() {
             return Err(ApiError::not_found());
         }

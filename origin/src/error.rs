@@ -74,12 +74,14 @@ impl From<edgelink_core::StoreError> for ApiError {
     fn from(e: edgelink_core::StoreError) -> ApiError {
         // The one thing storage reports busy: an Idempotency-Key bound by
         // a request whose transaction has not committed. Not a storage
-        // failure: the breaker does not count it.
+        // failure: the breaker does not count it, and it is 409 (as the
+        // IETF Idempotency-Key draft says), so no proxy in front counts it
+        // against this origin either: it is the client's own retry.
         if let edgelink_core::StoreError::Busy { message, .. } = &e {
             return ApiError {
                 retry_after: Some(1),
                 ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::CONFLICT,
                     "idempotency_in_progress",
                     message.clone(),
                 )

@@ -4,7 +4,7 @@ use edgelink_core::code::{check_code, CodeError};
 use edgelink_core::link::{normalize_target, parse_rfc3339, LinkError};
 use edgelink_core::RedirectStatus;
 use serde::{Deserialize, Deserializer};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
@@ -199,8 +199,9 @@ impl Policy {
 
 // === canonical hosts ===
 
-/// A URL's host as what it denotes: an address (IPv4-mapped IPv6 as its
-/// IPv4, `localhost` names as the loopback address), or a domain name
+/// A URL's host as what it denotes: an address (an IPv6 address that
+/// carries an IPv4 one as that IPv4 address: [`embedded_v4`]; `localhost`
+/// names as the loopback address), or a domain name
 /// spelt one way (lower case, no trailing dot). The URL parser has already
 /// read numeric IPv4 short forms (`127.1`, `2130706433`, `0x7f.1`) as the
 /// address they denote.
@@ -214,7 +215,7 @@ impl Host {
     pub fn of(url: &url::Url) -> Option<Host> {
         Some(match url.host()? {
             url::Host::Ipv4(v4) => Host::Ip(IpAddr::V4(v4)),
-            url::Host::Ipv6(v6) => Host::Ip(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
+            url::Host::Ipv6(v6) => Host::Ip(embedded_v4(v6).map_or(IpAddr::V6(v6), IpAddr::V4)),
             url::Host::Domain(d) => {
                 let d = d.trim_end_matches('.').to_ascii_lowercase();
                 if d == "localhost" || d.ends_with(".localhost") {
@@ -244,27 +245,51 @@ impl Host {
         match self {
             Host::Domain(_) => true,
             Host::Ip(IpAddr::V4(v4)) => {
-                let [a, b, ..] = v4.octets();
+                let [a, b, c, _] = v4.octets();
                 !(v4.is_loopback()
                     || v4.is_private()
                     || v4.is_link_local()
                     || v4.is_unspecified()
-                    || v4.is_broadcast()
                     || v4.is_multicast()
                     || v4.is_documentation()
                     || a == 0
-                    || (a == 100 && (64..128).contains(&b)))
+                    || a >= 240 // reserved, and broadcast
+                    || (a == 100 && (64..128).contains(&b)) // shared (CGNAT)
+                    || (a == 198 && (18..20).contains(&b)) // benchmarking
+                    || (a, b, c) == (192, 0, 0)) // IETF protocol assignments
             }
             Host::Ip(IpAddr::V6(v6)) => {
-                let first = v6.segments()[0];
+                let [first, second, ..] = v6.segments();
                 !(v6.is_loopback()
                     || v6.is_unspecified()
                     || v6.is_multicast()
-                    || (first & 0xfe00) == 0xfc00
-                    || (first & 0xffc0) == 0xfe80
-                    || first == 0x2001 && v6.segments()[1] == 0x0db8)
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80 // link-local
+                    || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
+                    || u128::from(*v6) >> 64 == 0x0100 << 48 // discard-only 100::/64
+                    || (first == 0x2001 && second < 0x0200) // IETF assignments, 2001::/23
+                    || (first == 0x2001 && second == 0x0db8) // documentation
+                    || (first & 0xfff0) == 0x3ff0) // documentation, 3fff::/20
             }
         }
+    }
+}
+
+/// The IPv4 address an IPv6 address carries, where it denotes or reaches
+/// that IPv4 host: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`, deprecated), IPv4-translated (`::ffff:0:a.b.c.d`), NAT64
+/// (`64:ff9b::/96`, `64:ff9b:1::/48`) and 6to4 (`2002:AABB:CCDD::/48`).
+pub fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(v6);
+    let low = Ipv4Addr::from(bits as u32);
+    match v6.segments() {
+        [0, 0, 0, 0, 0, 0xffff, ..] => Some(low),
+        [0, 0, 0, 0, 0, 0, ..] if bits > 1 => Some(low),
+        [0, 0, 0, 0, 0xffff, 0, ..] => Some(low),
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(low),
+        [0x64, 0xff9b, 1, ..] => Some(low),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))),
+        _ => None,
     }
 }
 
@@ -342,6 +367,8 @@ mod tests {
             "http://LOCALHOST./a",
             "http://app.localhost/a",
             "http://[::ffff:127.0.0.1]:8080/a",
+            "http://[::127.0.0.1]:8080/a",
+            "http://[64:ff9b::7f00:1]/a",
             "http://[::1]/a",
             "http://127.1/a",
             "http://2130706433/a",
@@ -374,6 +401,17 @@ mod tests {
             "http://[::ffff:10.0.0.1]/",
             "http://localhost/",
             "http://127.0.0.1/",
+            "http://[::127.0.0.1]/",
+            "http://[::ffff:0:7f00:1]/",
+            "http://[64:ff9b::a00:1]/",
+            "http://[64:ff9b:1::a9fe:a9fe]/",
+            "http://[2002:7f00:1::]/",
+            "http://[fec0::1]/",
+            "http://[100::1]/",
+            "http://[3fff::1]/",
+            "http://240.0.0.1/",
+            "http://198.18.0.1/",
+            "http://192.0.0.8/",
         ] {
             assert_eq!(code_of(p.target(target)), "url_private", "{target}");
         }

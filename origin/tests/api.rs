@@ -329,7 +329,7 @@ async fn idempotency_key_makes_retries_safe() {
             codes.insert(r.body["code"].as_str().unwrap().to_owned());
         } else {
             // Only a retry that raced the first one's commit may be told to retry.
-            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+            assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
         }
     }
     let r = call(&api, Method::POST, "/api/v1/links", &headers, &body).await;
@@ -765,12 +765,7 @@ async fn an_orphaned_idempotency_binding_is_completed_by_a_retry() {
         .await
         .unwrap();
     let retry = call(&api, Method::POST, "/api/v1/links", &headers, &body).await;
-    assert_eq!(
-        retry.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        retry.body
-    );
+    assert_eq!(retry.status, StatusCode::CONFLICT, "{}", retry.body);
     assert_eq!(retry.body["error"]["code"], "idempotency_in_progress");
     assert!(retry.headers.contains_key(http::header::RETRY_AFTER));
     sql.execute(
@@ -937,6 +932,10 @@ async fn stats_give_totals_and_a_daily_series() {
     let r = stats(format!("?from={}&to={}", fmt(day(45)), fmt(day(40)))).await;
     assert_eq!(r.body["total"], json!({"clicks": 18, "human": 9, "bot": 9}));
     assert_eq!(r.body["daily"].as_array().unwrap().len(), 6);
+    // The last days the format reads: a range, no overflow.
+    let r = stats("?from=9999-12-01&to=9999-12-31".to_owned()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["daily"].as_array().unwrap().len(), 31);
 
     for (q, status, error) in [
         (
@@ -947,6 +946,13 @@ async fn stats_give_totals_and_a_daily_series() {
         ("?from=2026-13-01".to_owned(), 422, "invalid_date"),
         ("?from=2010-01-01".to_owned(), 422, "invalid_range"),
         ("?since=2026-01-01".to_owned(), 400, "unknown_parameter"),
+        // Dates the format reads that no arithmetic may overflow on.
+        ("?to=-9999-01-01".to_owned(), 422, "invalid_date"),
+        (
+            "?from=-9999-01-01&to=-9999-01-29".to_owned(),
+            422,
+            "invalid_date",
+        ),
     ] {
         let r = stats(q.clone()).await;
         assert_eq!(r.status.as_u16(), status, "{q}: {}", r.body);
@@ -1115,4 +1121,37 @@ async fn the_bearer_scheme_is_any_case_and_a_made_up_key_is_looked_up_once() {
     }
     let lookups = keys.lookups.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(lookups, 2, "one for the real key, one for the made-up one");
+}
+
+/// HEAD is answered as GET is, without the body.
+#[tokio::test]
+async fn head_is_answered_like_get() {
+    let env = env().await;
+    let api = origin(&env).await;
+    for (path, headers) in [
+        ("/api/v1/openapi.json", HeaderMap::new()),
+        ("/api/v1/links", auth(&env.key)),
+    ] {
+        let get = api
+            .handle(&Method::GET, path, None, &headers, Full::new(Bytes::new()))
+            .await;
+        let head = api
+            .handle(&Method::HEAD, path, None, &headers, Full::new(Bytes::new()))
+            .await;
+        assert_eq!(get.status(), StatusCode::OK, "{path}");
+        assert_eq!(head.status(), StatusCode::OK, "{path}");
+        let len = get.into_body().collect().await.unwrap().to_bytes().len();
+        assert_eq!(
+            head.headers()[http::header::CONTENT_LENGTH],
+            len.to_string().as_str(),
+            "{path}"
+        );
+        assert!(head
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+    }
 }
