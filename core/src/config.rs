@@ -90,6 +90,9 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// A whole request body must arrive within this (408 beyond).
     pub body_timeout_ms: u64,
+    /// Longest a response write may wait for the client to take bytes
+    /// (the connection is closed beyond): a client that stops reading.
+    pub write_timeout_ms: u64,
     /// Largest request head accepted (HTTP/1 read buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// HTTP/2 streams per connection.
@@ -602,6 +605,7 @@ impl Default for ServerConfig {
             h2_idle_timeout_ms: 60_000,
             body_read_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             h2_max_concurrent_streams: 256,
             drain_timeout_ms: 10_000,
@@ -781,6 +785,7 @@ impl Config {
             ("h2_idle_timeout_ms", s.h2_idle_timeout_ms),
             ("body_read_timeout_ms", s.body_read_timeout_ms),
             ("body_timeout_ms", s.body_timeout_ms),
+            ("write_timeout_ms", s.write_timeout_ms),
         ] {
             need(
                 &mut problems,

@@ -15,9 +15,11 @@
 //! - [`migrate`]: versioned schema migrations for both SQL backends.
 //! - [`import`]: CSV import in batches.
 //! - [`net`]: what every role serves HTTP with: socket2 listeners, the
-//!   hyper accept loop (connection cap, timeouts, graceful drain) and the
-//!   express lane in front of hyper ([`net::express`]: simple requests a
-//!   role answers with bytes of its own).
+//!   hyper accept loop (connection cap, timeouts, a drain that answers every
+//!   request read), the framing guard under hyper ([`net::framing`]), the
+//!   express lane in front of it ([`net::express`]: simple requests a role
+//!   answers with bytes of its own), and request bodies read under the
+//!   client's limits, a client's fault being its own 4xx ([`net::ClientFault`]).
 //! - [`retry`]: jittered exponential backoff for reconnects and retries.
 //! - [`breaker`]: circuit breakers, and [`breaker::Guarded`] to put one in
 //!   front of a store or cache.

@@ -234,6 +234,8 @@ struct App {
     /// for a batch).
     route_body: BodyLimits,
     batch_body_bytes: usize,
+    /// `origin.max_batch_links`: the most a batch is charged.
+    max_batch_links: u32,
 }
 
 /// Serves the edge on `listeners` until `shutdown` is cancelled, then drains
@@ -303,6 +305,7 @@ pub async fn run_with(
         ready_needs_source: config.server.ready_needs_source,
         route_body: BodyLimits::new(&config.server, config.origin.max_body_bytes),
         batch_body_bytes: config.origin.max_batch_body_bytes,
+        max_batch_links: u32::try_from(config.origin.max_batch_links).unwrap_or(u32::MAX),
     });
     let (click_store, own_pool) = click_store(&config, &stores).await;
     let mut flusher = clicks::Flusher::new(
@@ -648,6 +651,38 @@ fn has_dot_segment(path: &str) -> bool {
         let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
         decoded == "." || decoded == ".."
     })
+}
+
+/// A token of a per-client limit taken for the length of a call: given
+/// back when dropped (the call answered, or abandoned by its client)
+/// unless kept.
+struct Held {
+    limit: Arc<RateLimit>,
+    client: std::net::IpAddr,
+    kept: bool,
+}
+
+impl Held {
+    fn take(limit: Arc<RateLimit>, client: std::net::IpAddr) -> Result<Held, Duration> {
+        limit.take(client, std::time::Instant::now())?;
+        Ok(Held {
+            limit,
+            client,
+            kept: false,
+        })
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.limit.refund(self.client, std::time::Instant::now());
+        }
+    }
 }
 
 /// How many links a batch body holds (1 when it is not a batch the API
@@ -1014,20 +1049,21 @@ impl App {
                 live.unauthorized.clone(),
             )
         };
-        let now = std::time::Instant::now;
-        if let Some(limit) = &unauthorized {
-            if let Err(wait) = limit.take(client, now()) {
-                self.metrics.rate_limited.increment(1);
-                return respond::rate_limited(wait);
-            }
-        }
+        let held = match unauthorized {
+            Some(limit) => match Held::take(limit, client) {
+                Ok(held) => Some(held),
+                Err(wait) => {
+                    self.metrics.rate_limited.increment(1);
+                    return respond::rate_limited(wait);
+                }
+            },
+            None => None,
+        };
         let resp = self
             .api_forward(req, peer, proxy, api, client, trusted_peer, create)
             .await;
-        if let Some(limit) = &unauthorized {
-            if resp.status() != StatusCode::UNAUTHORIZED {
-                limit.refund(client, now());
-            }
+        if let (Some(held), StatusCode::UNAUTHORIZED) = (held, resp.status()) {
+            held.keep();
         }
         resp
     }
@@ -1084,14 +1120,20 @@ impl App {
             Ok(b) => b,
             Err(e) => return e.response(),
         };
+        // A batch is charged a token per link (at most what the API
+        // takes in one); refused whole, it costs one.
+        let charged = match batch {
+            true => batch_links(&body).min(self.max_batch_links).max(1),
+            false => 1,
+        };
         if batch {
             if let Some(limit) = &create {
-                if let Err(wait) = limit.take_n(client, batch_links(&body), now()) {
+                if let Err(wait) = limit.take_n(client, charged, now()) {
                     return limited(wait);
                 }
             }
         }
-        match (proxy, api) {
+        let resp = match (proxy, api) {
             (Some(proxy), _) => {
                 proxy
                     .forward_read(parts, body, peer, client, trusted_peer)
@@ -1099,7 +1141,11 @@ impl App {
             }
             (None, Some(api)) => api(Request::from_parts(parts, Full::new(body))).await,
             (None, None) => failure(Failure::NotFound),
+        };
+        if let (true, Some(limit)) = (batch && resp.status() != StatusCode::OK, &create) {
+            limit.refund_n(client, charged - 1, now());
         }
+        resp
     }
 
     /// A 404 for a path that is not a code, counted against the client's

@@ -133,8 +133,13 @@ impl RateLimit {
     /// Gives back a token [`RateLimit::take`] took for something that did
     /// not count after all (a lookup that found a link).
     pub fn refund(&self, ip: IpAddr, now: Instant) {
+        self.refund_n(ip, 1, now);
+    }
+
+    /// Gives back `n` tokens (a batch the API refused whole).
+    pub fn refund_n(&self, ip: IpAddr, n: u32, now: Instant) {
         let burst = self.burst;
-        self.with_bucket(ip, now, |b| b.tokens = (b.tokens + 1.0).min(burst));
+        self.with_bucket(ip, now, |b| b.tokens = (b.tokens + f64::from(n)).min(burst));
     }
 
     fn with_bucket<T>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut Bucket) -> T) -> T {

@@ -756,16 +756,19 @@ fn prepare_headers(
     uri: &Uri,
     request_id: &HeaderValue,
 ) {
+    // The host the client asked for: an absolute-form target's authority
+    // (or HTTP/2's), else `Host` (RFC 9112 §3.2.2); read before the
+    // hop-by-hop headers go, which a client may name `Host` among.
+    let host = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| headers.get(header::HOST).cloned());
     strip_hop_by_hop(headers);
     if !trusted_peer {
         // Claims about the client only a trusted proxy may make.
         headers.remove(&X_REAL_IP);
         headers.remove(header::FORWARDED);
     }
-    let host = headers.get(header::HOST).cloned().or_else(|| {
-        uri.authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     // The chain is believed only from a trusted proxy; otherwise it starts here.
     let chain = if trusted_peer {
         let earlier: Vec<&str> = headers
@@ -908,6 +911,39 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn the_host_asked_for_survives_connection_and_absolute_form() {
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+            tls: false,
+        };
+        let prepared = |uri: &str, headers: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+                    HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
+                );
+            }
+            let uri: Uri = uri.parse().unwrap_or_else(|e| panic!("{e}"));
+            let id = HeaderValue::from_static("id");
+            prepare_headers(&mut h, peer, peer.addr.ip(), false, &uri, &id);
+            (
+                h.get(header::HOST).cloned(),
+                h.get(&X_FORWARDED_HOST).cloned(),
+            )
+        };
+        let sho = Some(HeaderValue::from_static("sho.rt"));
+        assert_eq!(
+            prepared("/api/x", &[("host", "sho.rt"), ("connection", "host")]),
+            (sho.clone(), sho.clone())
+        );
+        assert_eq!(
+            prepared("http://sho.rt/api/x", &[("host", "evil.example")]),
+            (sho.clone(), sho)
+        );
     }
 
     #[test]

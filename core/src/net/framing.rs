@@ -25,6 +25,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -49,19 +51,51 @@ pub struct FramingGuard<IO> {
     ready: usize,
     scratch: Box<[u8]>,
     /// An unfinished head must be whole by then (hyper's own header timer
-    /// does not run while the guard holds the head back).
+    /// does not run while the guard holds the head back); a new
+    /// connection's first head, from the accept.
     head_timeout: Duration,
     head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A write the client does not take within `write_timeout` ends the
+    /// connection.
+    write_timeout: Duration,
+    write_stall: Option<Pin<Box<tokio::time::Sleep>>>,
     faults: ClientFaults,
+    shared: Arc<GuardState>,
+}
+
+/// What the connection's server loop may know of the guard.
+#[derive(Debug, Default)]
+pub struct GuardState {
+    /// Request heads judged and handed over (or ready to be).
+    heads: AtomicU64,
+    /// Holding an unfinished head.
+    holding: AtomicBool,
+    /// The connection speaks HTTP/2 (it opened with the preface).
+    h2: AtomicBool,
+}
+
+impl GuardState {
+    /// Whether the connection has a request beyond the first `started`
+    /// ones: a whole head handed over, or one arriving.
+    pub fn more_than(&self, started: u64) -> bool {
+        self.heads.load(Ordering::Acquire) > started || self.holding.load(Ordering::Acquire)
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Acquire)
+    }
 }
 
 /// What the guard allows a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct GuardLimits {
-    /// A head must be whole within this of its first byte.
+    /// A head must be whole within this of its first byte (a connection's
+    /// first, of the guard's start).
     pub head_timeout: Duration,
     /// Bytes of one head at most (431 beyond).
     pub max_head: usize,
+    /// A response write must make progress within this.
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -84,13 +118,52 @@ impl<IO> FramingGuard<IO> {
             ready: 0,
             scratch: vec![0; 8192].into_boxed_slice(),
             head_timeout: limits.head_timeout,
-            head_deadline: None,
+            // The first head is due a head timeout after the accept.
+            head_deadline: Some(Box::pin(tokio::time::sleep(limits.head_timeout))),
+            write_timeout: limits.write_timeout,
+            write_stall: None,
             faults,
+            shared: Arc::default(),
         }
     }
 
     pub fn get_ref(&self) -> &IO {
         &self.io
+    }
+
+    /// What the server loop reads of this connection.
+    pub fn state(&self) -> Arc<GuardState> {
+        self.shared.clone()
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> FramingGuard<IO> {
+    /// `poll` of a write: a write that stays pending for the write timeout
+    /// fails the connection (a client that stopped reading).
+    fn stall<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut IO>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match poll(Pin::new(&mut self.io), cx) {
+            Poll::Ready(r) => {
+                self.write_stall = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                let stall = self
+                    .write_stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took no response bytes within the write timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -170,7 +243,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for FramingGuard<IO> {
                 continue;
             }
             this.pending.extend_from_slice(new);
-            match this.scanner.judge(&this.pending[this.ready..]) {
+            let heads = this.scanner.heads;
+            let verdict = this.scanner.judge(&this.pending[this.ready..]);
+            if this.scanner.heads != heads {
+                this.shared
+                    .heads
+                    .store(this.scanner.heads, Ordering::Release);
+            }
+            if this.scanner.state == State::Off {
+                this.shared.h2.store(true, Ordering::Release);
+            }
+            match verdict {
                 Verdict::Pass(n) => this.ready += n,
                 Verdict::Refuse { pass, fault, why } => {
                     this.ready += pass;
@@ -187,11 +270,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for FramingGuard<IO> {
                     this.cut = true;
                 }
             }
-            if this.refusal.is_none() && !this.cut && this.ready < this.pending.len() {
+            let holding = this.refusal.is_none() && !this.cut && this.ready < this.pending.len();
+            this.shared.holding.store(holding, Ordering::Release);
+            if holding {
                 if this.head_deadline.is_none() {
                     this.head_deadline = Some(Box::pin(tokio::time::sleep(this.head_timeout)));
                 }
-            } else {
+            } else if this.ready > 0 {
                 this.head_deadline = None;
             }
         }
@@ -220,7 +305,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.get_mut().stall(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -228,7 +313,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .stall(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -236,7 +322,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FramingGuard<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        self.get_mut().stall(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -303,6 +389,10 @@ enum Chunk {
 #[derive(Debug)]
 struct Scanner {
     state: State,
+    /// Whole heads judged so far.
+    heads: u64,
+    /// Bytes judged so far (the HTTP/2 preface only counts at 0).
+    judged: u64,
     max_head: usize,
     /// Bytes of the held head already searched for its end.
     searched: usize,
@@ -316,6 +406,8 @@ impl Scanner {
     fn new(max_head: usize) -> Scanner {
         Scanner {
             state: State::Head,
+            heads: 0,
+            judged: 0,
             max_head,
             searched: 0,
             extensions: 0,
@@ -326,6 +418,13 @@ impl Scanner {
     /// Judges `buf`, the bytes after those already handed over (an
     /// unfinished head comes again, with more).
     fn judge(&mut self, buf: &[u8]) -> Verdict {
+        let verdict = self.judge_from(buf);
+        let (Verdict::Pass(n) | Verdict::Refuse { pass: n, .. } | Verdict::Cut(n)) = verdict;
+        self.judged += n as u64;
+        verdict
+    }
+
+    fn judge_from(&mut self, buf: &[u8]) -> Verdict {
         let mut i = 0;
         while i < buf.len() {
             match self.state {
@@ -359,9 +458,11 @@ impl Scanner {
                         [b'\r'] => return Verdict::Pass(i),
                         _ => {}
                     }
-                    match self.head(&buf[i..]) {
+                    let at_start = self.judged + i as u64 == 0;
+                    match self.head(&buf[i..], at_start) {
                         Ok(Some((len, next))) => {
                             i += len;
+                            self.heads += u64::from(next != State::Off);
                             self.searched = 0;
                             self.extensions = 0;
                             self.trailers = 0;
@@ -384,9 +485,12 @@ impl Scanner {
 
     /// A head at the start of `buf`: its length and what follows it, or
     /// `None` while it is unfinished, or why it is refused.
-    fn head(&mut self, buf: &[u8]) -> Result<Option<(usize, State)>, (ClientFault, &'static str)> {
-        if buf.starts_with(b"PRI * HTTP/2.0") {
-            self.state = State::Off;
+    fn head(
+        &mut self,
+        buf: &[u8],
+        at_start: bool,
+    ) -> Result<Option<(usize, State)>, (ClientFault, &'static str)> {
+        if at_start && buf.starts_with(b"PRI * HTTP/2.0") {
             return Ok(Some((buf.len(), State::Off)));
         }
         let Some(end) = self.head_end(buf) else {
@@ -567,12 +671,12 @@ fn content_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// Whether `value` may be a `Host` header: `host[:port]` of RFC 3986
-/// (a reg-name, an IPv4 address or an IP literal in brackets), or empty.
-/// No user info, path, space or control byte.
+/// Whether `value` may be a `Host` header: `host[:port]` of RFC 3986 (a
+/// reg-name or IPv4 address, or an IP literal in brackets; the port
+/// digits), or empty. No user info, path, space or control byte.
 #[inline]
 pub fn is_host_value(value: &[u8]) -> bool {
-    value.iter().all(|&b| {
+    let reg_name = |b: &u8| {
         b.is_ascii_alphanumeric()
             || matches!(
                 b,
@@ -591,11 +695,29 @@ pub fn is_host_value(value: &[u8]) -> bool {
                     | b','
                     | b';'
                     | b'='
-                    | b':'
-                    | b'['
-                    | b']'
             )
-    })
+    };
+    let (host_ok, rest) = match value.split_first() {
+        Some((b'[', inside)) => match inside.iter().position(|&b| b == b']') {
+            // An IPv6 address or IPvFuture: hex, dots, colons and the
+            // reg-name characters (`v1.x`); at least one character.
+            Some(end) => (
+                end > 0 && inside[..end].iter().all(|b| *b == b':' || reg_name(b)),
+                &inside[end + 1..],
+            ),
+            None => return false,
+        },
+        _ => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            (value[..end].iter().all(reg_name), &value[end..])
+        }
+    };
+    host_ok
+        && match rest.split_first() {
+            None => true,
+            Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+            Some(_) => false,
+        }
 }
 
 #[cfg(test)]
@@ -704,6 +826,12 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: ]]]:x:y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x:abc\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: []\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
         ] {
             let (_, fault, _) = refused(head).unwrap_or_else(|| panic!("{head:?}"));
             assert_eq!(fault, ClientFault::BadHost, "{head:?}");
@@ -712,6 +840,7 @@ mod tests {
             &b"GET / HTTP/1.0\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nHost: sho.rt:8443\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: 10.0.0.1:\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
         ] {
             assert_eq!(refused(head), None, "{head:?}");
@@ -788,6 +917,14 @@ mod tests {
     }
 
     #[test]
+    fn the_http2_preface_counts_only_where_a_connection_starts() {
+        let first: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let pri: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let (pass, fault, _) = refused(&[first, pri].concat()).unwrap();
+        assert_eq!((pass, fault), (first.len(), ClientFault::BadFraming));
+    }
+
+    #[test]
     fn http2_is_left_alone() {
         let preface: &[u8] =
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
@@ -800,6 +937,7 @@ mod tests {
             GuardLimits {
                 head_timeout: Duration::from_secs(30),
                 max_head: MAX_HEAD,
+                write_timeout: Duration::from_secs(30),
             },
             ClientFaults::default(),
         )

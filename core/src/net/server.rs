@@ -10,11 +10,15 @@
 //! connection on which no request starts for `server.h2_idle_timeout_ms`
 //! is shut down gracefully (PINGs are no requests).
 //!
-//! Drain: once the listener closes, HTTP/1 answers carry
-//! `connection: close` and the connection closes after them; a connection
-//! with nothing under way is given [`SETTLE`] for a request already on its
-//! way, then closed (HTTP/1) or sent GOAWAY (HTTP/2, whose streams in
-//! flight finish).
+//! A response write the client takes nothing of for
+//! `server.write_timeout_ms` ends the connection, and one shut down for
+//! idleness whose streams do not finish within it is closed.
+//!
+//! Drain: once the listener closes, an HTTP/1 connection answers every
+//! request it has read or is reading, the last with `connection: close`,
+//! and closes; one with nothing under way is given [`SETTLE`] for a request
+//! already on its way, then closed. HTTP/2 connections get GOAWAY at once
+//! and their streams in flight finish.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::express::{self, Express, Outcome, Replay};
 use super::fault::ClientFaults;
-use super::framing::{FramingGuard, GuardLimits};
+use super::framing::{FramingGuard, GuardLimits, GuardState};
 use super::Body;
 
 /// Who is on the other end of a connection.
@@ -114,6 +118,9 @@ pub struct Options {
     /// How long an idle HTTP/1 connection is kept between requests in the
     /// express lane (`server.keepalive_timeout_ms`).
     pub keepalive: Duration,
+    /// A response write must make progress within this
+    /// (`server.write_timeout_ms`).
+    pub write_timeout: Duration,
     /// In-flight requests get this long after `shutdown`.
     pub drain: Duration,
     /// Simple requests answered without hyper ([`express`]); `None`: every
@@ -138,6 +145,7 @@ impl Options {
             handshake_timeout: Duration::from_millis(config.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(config.h2_idle_timeout_ms),
             keepalive: Duration::from_millis(config.keepalive_timeout_ms),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
             drain: Duration::from_millis(config.drain_timeout_ms),
             express: None,
             max_head: max_buf_size(config),
@@ -325,10 +333,20 @@ struct Conn<'o> {
     drain: &'o Arc<Drain>,
 }
 
-/// Requests started on one connection (its idle timer reads them).
+/// Requests started and answered on one connection (its idle timer and
+/// its drain read them).
 #[derive(Default)]
 struct Activity {
     requests: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl Activity {
+    /// Nothing under way and nothing arriving on an HTTP/1 connection.
+    fn idle(&self, guard: &GuardState) -> bool {
+        let started = self.requests.load(Ordering::Acquire);
+        self.answered.load(Ordering::Acquire) == started && !guard.more_than(started)
+    }
 }
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
@@ -353,6 +371,7 @@ impl Conn<'_> {
                     head_timeout: options.handshake_timeout,
                     keepalive: options.keepalive,
                     max_head: options.max_head,
+                    write_timeout: options.write_timeout,
                 };
                 match express::serve(io, &**lane, peer, limits, &drain.started).await {
                     Outcome::Closed => return,
@@ -363,33 +382,39 @@ impl Conn<'_> {
                 }
             }
         };
+        let guard = FramingGuard::new(
+            io,
+            GuardLimits {
+                head_timeout: options.handshake_timeout,
+                max_head: options.max_head,
+                write_timeout: options.write_timeout,
+            },
+            options.faults.clone(),
+        );
+        let framing = guard.state();
         let activity = Arc::new(Activity::default());
         let service = {
-            let (activity, drain) = (activity.clone(), drain.clone());
+            let (activity, drain, framing) = (activity.clone(), drain.clone(), framing.clone());
             service_fn(move |req: Request<Incoming>| {
-                activity.requests.fetch_add(1, Ordering::Relaxed);
+                let n = activity.requests.fetch_add(1, Ordering::AcqRel) + 1;
                 let http1 = req.version() <= Version::HTTP_11;
                 let fut = handler(req, peer);
-                let drain = drain.clone();
+                let (activity, drain, framing) = (activity.clone(), drain.clone(), framing.clone());
                 async move {
                     let mut resp = fut.await;
-                    if http1 && drain.closing() {
+                    // Draining: the last request read is answered with
+                    // close (one read after it is answered first).
+                    if http1 && drain.closing() && !framing.more_than(n) {
                         resp.headers_mut().insert(http::header::CONNECTION, CLOSE);
                     }
+                    activity.answered.fetch_add(1, Ordering::AcqRel);
                     Ok::<_, Infallible>(resp)
                 }
             })
         };
-        let guard = GuardLimits {
-            head_timeout: options.handshake_timeout,
-            max_head: options.max_head,
-        };
         let conn = options
             .builder
-            .serve_connection(
-                TokioIo::new(FramingGuard::new(io, guard, options.faults.clone())),
-                service,
-            )
+            .serve_connection(TokioIo::new(guard), service)
             .into_owned();
         tokio::pin!(conn);
         // Checked four times per idle timeout: a connection is shut down
@@ -398,8 +423,10 @@ impl Conn<'_> {
         let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut seen, mut idle_for) = (0, Duration::ZERO);
-        let mut settle = None;
-        let mut shut = false;
+        // While draining HTTP/1: checked every few ms, once SETTLE is over.
+        let mut drain_check: Option<tokio::time::Interval> = None;
+        // Shut down (gracefully) at this point, closed at the deadline.
+        let mut shut: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
                 // hyper first: a request already readable is taken before
@@ -411,14 +438,28 @@ impl Conn<'_> {
                     }
                     return;
                 }
-                () = drain.started.cancelled(), if settle.is_none() && !shut => {
-                    settle = Some(Box::pin(tokio::time::sleep(SETTLE)));
+                () = drain.started.cancelled(), if drain_check.is_none() && shut.is_none() => {
+                    if framing.is_h2() {
+                        conn.as_mut().graceful_shutdown();
+                        shut = Some(Box::pin(tokio::time::sleep(options.drain)));
+                    } else {
+                        let mut check = tokio::time::interval_at(
+                            tokio::time::Instant::now() + SETTLE,
+                            Duration::from_millis(10),
+                        );
+                        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        drain_check = Some(check);
+                    }
                 }
-                () = wait(&mut settle), if settle.is_some() && !shut => {
-                    conn.as_mut().graceful_shutdown();
-                    shut = true;
+                _ = tick_of(&mut drain_check), if shut.is_none() => {
+                    // Past SETTLE, with nothing under way or arriving: no
+                    // answer will carry the close, so close it here.
+                    if activity.idle(&framing) {
+                        conn.as_mut().graceful_shutdown();
+                        shut = Some(Box::pin(tokio::time::sleep(options.write_timeout)));
+                    }
                 }
-                _ = idle_check.tick(), if !shut => {
+                _ = idle_check.tick(), if shut.is_none() => {
                     let now = activity.requests.load(Ordering::Relaxed);
                     if now == seen {
                         idle_for += tick;
@@ -427,17 +468,31 @@ impl Conn<'_> {
                     }
                     if idle_for >= options.idle_timeout {
                         conn.as_mut().graceful_shutdown();
-                        shut = true;
+                        shut = Some(Box::pin(tokio::time::sleep(options.write_timeout)));
                     }
+                }
+                () = wait(&mut shut) => {
+                    // Shut down, and still not done: streams stalled by a
+                    // client that takes nothing.
+                    tracing::debug!("connection closed: its answers were not taken after shutdown");
+                    return;
                 }
             }
         }
     }
 }
 
-/// Until the sleep in `settle` ends (never while there is none).
-async fn wait(settle: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match settle {
+/// The next tick of `check` (never while there is none).
+async fn tick_of(check: &mut Option<tokio::time::Interval>) -> tokio::time::Instant {
+    match check {
+        Some(check) => check.tick().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Until the sleep in `sleep` ends (never while there is none).
+async fn wait(sleep: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match sleep {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }

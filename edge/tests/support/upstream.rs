@@ -82,6 +82,23 @@ impl Upstream {
         if parts.uri.path() == "/api/big" {
             return net::text(StatusCode::OK, Bytes::from(vec![b'x'; 3 << 20]));
         }
+        if parts.uri.path() == edgelink_core::link::BATCH_PATH {
+            // As the API answers a batch: 200 for 1..=100 link objects,
+            // else the whole batch is refused.
+            let links: Option<Vec<serde_json::Value>> =
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("links").and_then(|l| l.as_array()).cloned());
+            let taken = links.is_some_and(|l| {
+                (1..=100).contains(&l.len()) && l.iter().all(serde_json::Value::is_object)
+            });
+            let status = if taken {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            return net::json(status, &serde_json::json!({ "results": [] }));
+        }
         let mut resp = net::json(
             StatusCode::CREATED,
             &serde_json::json!({ "upstream": self.name, "received": body.len() }),
