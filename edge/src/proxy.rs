@@ -250,19 +250,11 @@ impl Proxy {
         client_ip: IpAddr,
         trusted_peer: bool,
     ) -> Response<Body> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.timeout_ms);
         let (parts, incoming) = req.into_parts();
-        let request_id = request_id(&parts.headers);
-        let (body, watch) = match self.take_body(incoming, &parts.headers, deadline).await {
+        let to = self.outbound(&parts.headers, peer, client_ip, trusted_peer);
+        let (body, watch) = match self.take_body(incoming, &parts.headers, to.deadline).await {
             Ok(b) => b,
-            Err(resp) => return with_request_id(resp, &request_id),
-        };
-        let to = Outbound {
-            peer,
-            client_ip,
-            trusted_peer,
-            deadline,
-            request_id,
+            Err(resp) => return with_request_id(resp, &to.request_id),
         };
         self.send(parts, body, watch, to).await
     }
@@ -277,21 +269,30 @@ impl Proxy {
         client_ip: IpAddr,
         trusted_peer: bool,
     ) -> Response<Body> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.timeout_ms);
-        let request_id = request_id(&parts.headers);
+        let to = self.outbound(&parts.headers, peer, client_ip, trusted_peer);
         let body = if body.is_empty() {
             ReqBody::Empty
         } else {
             ReqBody::Full(body)
         };
-        let to = Outbound {
+        self.send(parts, body, BodyWatch::default(), to).await
+    }
+
+    /// Where a request goes from now: its deadline starts here.
+    fn outbound(
+        &self,
+        headers: &HeaderMap,
+        peer: Peer,
+        client_ip: IpAddr,
+        trusted_peer: bool,
+    ) -> Outbound {
+        Outbound {
             peer,
             client_ip,
             trusted_peer,
-            deadline,
-            request_id,
-        };
-        self.send(parts, body, BodyWatch::default(), to).await
+            deadline: tokio::time::Instant::now() + Duration::from_millis(self.config.timeout_ms),
+            request_id: request_id(headers),
+        }
     }
 
     /// Sends a request to the upstreams, retrying where allowed. `watch`
