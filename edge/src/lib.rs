@@ -653,38 +653,6 @@ fn has_dot_segment(path: &str) -> bool {
     })
 }
 
-/// A token of a per-client limit taken for the length of a call: given
-/// back when dropped (the call answered, or abandoned by its client)
-/// unless kept.
-struct Held {
-    limit: Arc<RateLimit>,
-    client: std::net::IpAddr,
-    kept: bool,
-}
-
-impl Held {
-    fn take(limit: Arc<RateLimit>, client: std::net::IpAddr) -> Result<Held, Duration> {
-        limit.take(client, std::time::Instant::now())?;
-        Ok(Held {
-            limit,
-            client,
-            kept: false,
-        })
-    }
-
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.limit.refund(self.client, std::time::Instant::now());
-        }
-    }
-}
-
 /// How many links a batch body holds (1 when it is not a batch the API
 /// would take: the API then refuses it, and that takes one token).
 fn batch_links(body: &[u8]) -> u32 {
@@ -1021,11 +989,11 @@ impl App {
     }
 
     /// The creation API: the proxy, or the origin mounted in this process.
-    /// A method that cannot be proxied is 405 and a path with dot-segments
-    /// 400, before either sees them. Per client: every call holds one of its
-    /// `unauthorized` tokens until answered and keeps it only when the
-    /// answer is 401; a creation takes a `create` token per link (a batch
-    /// is read whole first, to count them).
+    /// A method that cannot be proxied is 405, a path with dot-segments or
+    /// an authority that is not a host 400, before either sees them. Per
+    /// client: every call takes one of its `unauthorized` tokens, given back
+    /// once it is answered with anything but 401; a creation takes a
+    /// `create` token per link (a batch is read whole first, to count them).
     async fn api_call(
         &self,
         req: Request<Incoming>,
@@ -1039,6 +1007,13 @@ impl App {
         if has_dot_segment(req.uri().path()) {
             return failure(Failure::BadPath);
         }
+        // The host asked for, when the target names it (absolute form,
+        // HTTP/2's :authority), is what the origin is told: a host only.
+        if let Some(authority) = req.uri().authority() {
+            if !edgelink_core::net::framing::is_host_value(authority.as_str().as_bytes()) {
+                return failure(Failure::NoHost);
+            }
+        }
         let (client, trusted_peer, create, unauthorized) = {
             let live = self.live.load();
             let trusted_peer = live.trusted.iter().any(|n| n.contains(peer.addr.ip()));
@@ -1049,21 +1024,22 @@ impl App {
                 live.unauthorized.clone(),
             )
         };
-        let held = match unauthorized {
-            Some(limit) => match Held::take(limit, client) {
-                Ok(held) => Some(held),
-                Err(wait) => {
-                    self.metrics.rate_limited.increment(1);
-                    return respond::rate_limited(wait);
-                }
-            },
-            None => None,
-        };
+        if let Some(limit) = &unauthorized {
+            if let Err(wait) = limit.take(client, std::time::Instant::now()) {
+                self.metrics.rate_limited.increment(1);
+                return respond::rate_limited(wait);
+            }
+        }
         let resp = self
             .api_forward(req, peer, proxy, api, client, trusted_peer, create)
             .await;
-        if let (Some(held), StatusCode::UNAUTHORIZED) = (held, resp.status()) {
-            held.keep();
+        // Given back for any answer but 401. A call its client abandons
+        // (an HTTP/2 stream reset) keeps it: the origin may still be
+        // looking its key up.
+        if let Some(limit) = &unauthorized {
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                limit.refund(client, std::time::Instant::now());
+            }
         }
         resp
     }
@@ -1142,7 +1118,8 @@ impl App {
             (None, Some(api)) => api(Request::from_parts(parts, Full::new(body))).await,
             (None, None) => failure(Failure::NotFound),
         };
-        if let (true, Some(limit)) = (batch && resp.status() != StatusCode::OK, &create) {
+        // A batch the API refused whole (4xx) created nothing.
+        if let (true, Some(limit)) = (batch && resp.status().is_client_error(), &create) {
             limit.refund_n(client, charged - 1, now());
         }
         resp

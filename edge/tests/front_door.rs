@@ -459,6 +459,66 @@ async fn an_http2_stream_the_client_gives_no_window_does_not_keep_its_connection
     edge.stop().await;
 }
 
+/// A request that runs longer than the idle timeout is no idleness: its
+/// connection is kept until it is answered.
+#[tokio::test]
+async fn a_slow_answer_is_not_idleness() {
+    let (origin, edge, _dir) = proxied(|c| {
+        c.server.h2_idle_timeout_ms = 300;
+        c.server.write_timeout_ms = 300;
+    })
+    .await;
+    origin.mode.store(SLOW, Ordering::Relaxed);
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    s.write_all(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_one(&mut s, &mut Vec::new(), false)
+        .await
+        .expect("the connection was closed under a request in flight");
+    assert_eq!(answer.status, 201);
+    edge.stop().await;
+}
+
+/// A client that pipelines, each head straddling two reads: every head has
+/// the header timeout from its own first byte, not the first head's.
+#[tokio::test]
+async fn pipelined_heads_each_have_their_own_head_timeout() {
+    let (edge, _dir) = edge_with(|c| c.server.header_read_timeout_ms = 1_000).await;
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n";
+    let (first, second) = head.split_at(20);
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(&[&head[..], first].concat()).await.unwrap();
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let Some(r) = read_one(&mut s, &mut buf, false).await else {
+            panic!("cut after {answered} answers, {:?}", started.elapsed());
+        };
+        assert_eq!(r.status, 200);
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(&[second, first].concat()).await.unwrap();
+    }
+    edge.stop().await;
+}
+
+/// The HTTP/2 preface counts only where a connection starts, in the lane
+/// as in hyper.
+#[tokio::test]
+async fn the_http2_preface_after_a_request_is_refused() {
+    let (edge, _dir) = edge_with(|_| {}).await;
+    let reply = exchange(
+        &edge,
+        b"GET /abc HTTP/1.1\r\nHost: x\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 302"), "{reply:?}");
+    assert!(reply.contains("HTTP/1.1 400 Bad Request"), "{reply:?}");
+    edge.stop().await;
+}
+
 // === strict framing on every request ===
 
 #[tokio::test]
@@ -574,6 +634,8 @@ async fn http11_without_exactly_one_valid_host_is_400_in_the_lane_and_in_hyper()
         "GET /abc HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
         "GET /healthz HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
         "POST /api/v1/links HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        "GET http://user:pw@evil.example/api/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://evil.example:abc/api/x HTTP/1.1\r\nHost: x\r\n\r\n",
     ] {
         let reply = exchange(&edge, head.as_bytes()).await;
         assert_eq!(status_of(&reply), 400, "{head:?}: {reply:?}");
@@ -928,5 +990,36 @@ async fn a_flood_of_made_up_api_keys_is_cut_off_per_client() {
         .send(Method::GET, "/api/v1/links", &other, Bytes::new())
         .await;
     assert_eq!(r.status, 401);
+    edge.stop().await;
+}
+
+/// An API call its client abandons (an HTTP/2 stream reset) keeps its
+/// `unauthorized` token: the origin may be looking its key up still.
+#[tokio::test]
+async fn an_abandoned_api_call_keeps_its_unauthorized_token() {
+    let (origin, edge, _dir) = proxied(|c| {
+        c.limits.unauthorized_per_sec = 0.1;
+        c.limits.unauthorized_burst = 5;
+    })
+    .await;
+    origin.mode.store(SLOW, Ordering::Relaxed);
+    let (mut send, _conn) = h2_client(edge.addr).await;
+    for _ in 0..5 {
+        let call = send.send_request(h2_get("/api/v1/links"));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), call)
+                .await
+                .is_err(),
+            "the slow origin answered"
+        );
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(2),
+        send.send_request(h2_get("/api/v1/links")),
+    )
+    .await
+    .expect("the sixth call was let through to the slow origin")
+    .unwrap();
+    assert_eq!(resp.status(), 429);
     edge.stop().await;
 }

@@ -267,7 +267,8 @@ impl Host {
                     || (first & 0xffc0) == 0xfe80 // link-local
                     || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
                     || u128::from(*v6) >> 64 == 0x0100 << 48 // discard-only 100::/64
-                    || (first == 0x2001 && second < 0x0200) // IETF assignments, 2001::/23
+                                        || (first, second, v6.segments()[2]) == (0x64, 0xff9b, 1) // local-use NAT64
+                    || (first == 0x2001 && second < 0x0200 && !v6_global_assignment(v6))
                     || (first == 0x2001 && second == 0x0db8) // documentation
                     || (first & 0xfff0) == 0x3ff0) // documentation, 3fff::/20
             }
@@ -275,10 +276,24 @@ impl Host {
     }
 }
 
+/// The globally reachable assignments inside `2001::/23` (IETF protocol
+/// assignments, which are otherwise not): PCP and TURN anycast, AMT,
+/// AS112-v6 and ORCHIDv2 (the IANA special-purpose registry).
+fn v6_global_assignment(v6: &Ipv6Addr) -> bool {
+    let bits = u128::from(*v6);
+    bits == 0x2001_0001_0000_0000_0000_0000_0000_0001
+        || bits == 0x2001_0001_0000_0000_0000_0000_0000_0002
+        || matches!(v6.segments(), [0x2001, 3, ..])
+        || matches!(v6.segments(), [0x2001, 4, 0x112, ..])
+        || matches!(v6.segments(), [0x2001, 0x20..=0x2f, ..])
+}
+
 /// The IPv4 address an IPv6 address carries, where it denotes or reaches
 /// that IPv4 host: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
-/// (`::a.b.c.d`, deprecated), IPv4-translated (`::ffff:0:a.b.c.d`), NAT64
-/// (`64:ff9b::/96`, `64:ff9b:1::/48`) and 6to4 (`2002:AABB:CCDD::/48`).
+/// (`::a.b.c.d`, deprecated), IPv4-translated (`::ffff:0:a.b.c.d`), NAT64's
+/// well-known prefix (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`). The
+/// local-use NAT64 prefix (`64:ff9b:1::/48`) places the IPv4 address where
+/// its operator chose; it is not public at all ([`Host::is_public`]).
 pub fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = u128::from(v6);
     let low = Ipv4Addr::from(bits as u32);
@@ -287,7 +302,7 @@ pub fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
         [0, 0, 0, 0, 0, 0, ..] if bits > 1 => Some(low),
         [0, 0, 0, 0, 0xffff, 0, ..] => Some(low),
         [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(low),
-        [0x64, 0xff9b, 1, ..] => Some(low),
+
         [0x2002, hi, lo, ..] => Some(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))),
         _ => None,
     }
@@ -405,6 +420,8 @@ mod tests {
             "http://[::ffff:0:7f00:1]/",
             "http://[64:ff9b::a00:1]/",
             "http://[64:ff9b:1::a9fe:a9fe]/",
+            "http://[64:ff9b:1:a00:0:100:808:808]/",
+            "http://[2001:2::1]/",
             "http://[2002:7f00:1::]/",
             "http://[fec0::1]/",
             "http://[100::1]/",
@@ -419,6 +436,10 @@ mod tests {
             "http://93.184.215.14/",
             "http://[2606:4700::1111]/",
             "https://intranet/",
+            "http://[2002:808:808::1]/",
+            "http://[64:ff9b::808:808]/",
+            "http://[2001:4:112::1]/",
+            "http://[2001:3::1]/",
         ] {
             assert!(p.target(target).is_ok(), "{target}");
         }

@@ -134,6 +134,8 @@ where
     let cancelled = closing.cancelled();
     tokio::pin!(cancelled);
     let mut host = KnownHost::default();
+    // Whether any request was answered here (for the handover).
+    let mut answered = false;
     loop {
         // Every whole head read so far, in order.
         let mut handoff = false;
@@ -199,6 +201,7 @@ where
                 return Outcome::Closed;
             }
             served = true;
+            answered = true;
             if !buf.is_empty() {
                 // Pipelined requests after it: write, then take them next.
                 deadline = tokio::time::Instant::now() + limits.keepalive;
@@ -213,6 +216,7 @@ where
         }
         if served {
             deadline = tokio::time::Instant::now() + limits.keepalive;
+            answered = true;
         }
         if !buf.is_empty() && !handoff {
             // An unfinished head: whole a head timeout after it was seen.
@@ -242,6 +246,7 @@ where
             return Outcome::Handoff(Replay {
                 prefix: buf.freeze(),
                 io,
+                answered,
             });
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -545,6 +550,8 @@ thread_local! {
 pub struct Replay<IO> {
     prefix: Bytes,
     io: IO,
+    /// The lane answered requests on this connection before it.
+    answered: bool,
 }
 
 impl<IO> Replay<IO> {
@@ -553,11 +560,17 @@ impl<IO> Replay<IO> {
         Replay {
             prefix: Bytes::new(),
             io,
+            answered: false,
         }
     }
 
     pub fn get_ref(&self) -> &IO {
         &self.io
+    }
+
+    /// Whether the express lane answered requests before handing over.
+    pub fn lane_answered(&self) -> bool {
+        self.answered
     }
 }
 

@@ -137,6 +137,17 @@ impl<IO> FramingGuard<IO> {
     }
 }
 
+impl<IO> FramingGuard<IO> {
+    /// A guard for a connection the express lane has answered requests on:
+    /// the HTTP/2 preface is no longer where the connection starts.
+    pub fn mid_connection(mut self, mid: bool) -> FramingGuard<IO> {
+        if mid {
+            self.scanner.judged = self.scanner.judged.max(1);
+        }
+        self
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> FramingGuard<IO> {
     /// `poll` of a write: a write that stays pending for the write timeout
     /// fails the connection (a client that stopped reading).
@@ -249,6 +260,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for FramingGuard<IO> {
                 this.shared
                     .heads
                     .store(this.scanner.heads, Ordering::Release);
+                // A head is whole: the next one has a timeout of its own,
+                // from now.
+                this.head_deadline = None;
             }
             if this.scanner.state == State::Off {
                 this.shared.h2.store(true, Ordering::Release);
@@ -272,12 +286,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for FramingGuard<IO> {
             }
             let holding = this.refusal.is_none() && !this.cut && this.ready < this.pending.len();
             this.shared.holding.store(holding, Ordering::Release);
-            if holding {
-                if this.head_deadline.is_none() {
-                    this.head_deadline = Some(Box::pin(tokio::time::sleep(this.head_timeout)));
-                }
-            } else if this.ready > 0 {
+            if !holding {
                 this.head_deadline = None;
+            } else if this.head_deadline.is_none() {
+                this.head_deadline = Some(Box::pin(tokio::time::sleep(this.head_timeout)));
             }
         }
     }
@@ -639,6 +651,16 @@ fn check_head(req: &httparse::Request<'_, '_>) -> Result<State, (ClientFault, &'
         }
     }
     let http11 = req.version == Some(1);
+    if let Some(authority) = req.path.and_then(absolute_authority) {
+        // An absolute-form target's authority is the host asked for (RFC
+        // 9112 §3.2.2): a host, no user info (RFC 9110 §4.2.4).
+        if !is_host_value(authority) {
+            return Err((
+                ClientFault::BadHost,
+                "the request target's authority is not a host",
+            ));
+        }
+    }
     if hosts > 1 || (http11 && hosts == 0) {
         return Err((
             ClientFault::BadHost,
@@ -660,6 +682,19 @@ fn check_head(req: &httparse::Request<'_, '_>) -> Result<State, (ClientFault, &'
         (false, _, Some(n)) => State::Body(n),
         (false, _, None) => return framing("Content-Length is not one number"),
     })
+}
+
+/// The authority of an absolute-form request target (`scheme://authority/...`).
+fn absolute_authority(target: &str) -> Option<&[u8]> {
+    let (scheme, rest) = target.split_once("://")?;
+    let scheme_ok = scheme
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if scheme.is_empty() || !scheme_ok {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(&rest.as_bytes()[..end])
 }
 
 /// A `Content-Length` value: digits only (around optional whitespace).
@@ -845,6 +880,21 @@ mod tests {
         ] {
             assert_eq!(refused(head), None, "{head:?}");
         }
+    }
+
+    #[test]
+    fn an_absolute_form_target_needs_a_host_for_its_authority() {
+        for head in [
+            &b"GET http://user:pw@evil.example:99/a HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET http://evil.example:abc/a HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let (_, fault, _) = refused(head).unwrap_or_else(|| panic!("{head:?}"));
+            assert_eq!(fault, ClientFault::BadHost, "{head:?}");
+        }
+        assert_eq!(
+            refused(b"GET http://sho.rt:8443/a?b HTTP/1.1\r\nHost: x\r\n\r\n"),
+            None
+        );
     }
 
     #[test]

@@ -333,12 +333,17 @@ struct Conn<'o> {
     drain: &'o Arc<Drain>,
 }
 
-/// Requests started and answered on one connection (its idle timer and
-/// its drain read them).
+/// Requests started and answered on one connection, and how far their
+/// bodies have gone (its idle timer and its drain read them).
 #[derive(Default)]
 struct Activity {
     requests: AtomicU64,
+    /// Answers whose head is ready.
     answered: AtomicU64,
+    /// Answer bodies hyper has dropped (sent, or abandoned).
+    sent: AtomicU64,
+    /// Heads ready and body frames taken by hyper: an answer moving.
+    moved: AtomicU64,
 }
 
 impl Activity {
@@ -382,6 +387,7 @@ impl Conn<'_> {
                 }
             }
         };
+        let mid = io.lane_answered();
         let guard = FramingGuard::new(
             io,
             GuardLimits {
@@ -390,7 +396,8 @@ impl Conn<'_> {
                 write_timeout: options.write_timeout,
             },
             options.faults.clone(),
-        );
+        )
+        .mid_connection(mid);
         let framing = guard.state();
         let activity = Arc::new(Activity::default());
         let service = {
@@ -408,7 +415,8 @@ impl Conn<'_> {
                         resp.headers_mut().insert(http::header::CONNECTION, CLOSE);
                     }
                     activity.answered.fetch_add(1, Ordering::AcqRel);
-                    Ok::<_, Infallible>(resp)
+                    activity.moved.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(resp.map(|body| Moving { body, activity }))
                 }
             })
         };
@@ -425,8 +433,19 @@ impl Conn<'_> {
         let (mut seen, mut idle_for) = (0, Duration::ZERO);
         // While draining HTTP/1: checked every few ms, once SETTLE is over.
         let mut drain_check: Option<tokio::time::Interval> = None;
-        // Shut down (gracefully) at this point, closed at the deadline.
-        let mut shut: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        // Once shut down (gracefully): checked every write timeout, and
+        // closed when an answer is still being sent but none moved since
+        // the last check (a stream the client gives no window: its PINGs
+        // and window updates are no answer).
+        let mut shut: Option<(tokio::time::Interval, u64)> = None;
+        let progress = || {
+            let mut check = tokio::time::interval_at(
+                tokio::time::Instant::now() + options.write_timeout,
+                options.write_timeout,
+            );
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            Some((check, activity.moved.load(Ordering::Relaxed)))
+        };
         loop {
             tokio::select! {
                 // hyper first: a request already readable is taken before
@@ -439,61 +458,98 @@ impl Conn<'_> {
                     return;
                 }
                 () = drain.started.cancelled(), if drain_check.is_none() && shut.is_none() => {
+                    let mut check = tokio::time::interval_at(
+                        tokio::time::Instant::now() + SETTLE,
+                        Duration::from_millis(10),
+                    );
+                    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    drain_check = Some(check);
                     if framing.is_h2() {
                         conn.as_mut().graceful_shutdown();
-                        shut = Some(Box::pin(tokio::time::sleep(options.drain)));
-                    } else {
-                        let mut check = tokio::time::interval_at(
-                            tokio::time::Instant::now() + SETTLE,
-                            Duration::from_millis(10),
-                        );
-                        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        drain_check = Some(check);
+                        shut = progress();
                     }
                 }
-                _ = tick_of(&mut drain_check), if shut.is_none() => {
-                    // Past SETTLE, with nothing under way or arriving: no
-                    // answer will carry the close, so close it here.
-                    if activity.idle(&framing) {
+                _ = tick_of(drain_check.as_mut()), if shut.is_none() => {
+                    // HTTP/2 (known by now), or HTTP/1 past SETTLE with
+                    // nothing under way or arriving: no answer will carry
+                    // the close, so close it here.
+                    if framing.is_h2() || activity.idle(&framing) {
                         conn.as_mut().graceful_shutdown();
-                        shut = Some(Box::pin(tokio::time::sleep(options.write_timeout)));
+                        shut = progress();
                     }
                 }
                 _ = idle_check.tick(), if shut.is_none() => {
-                    let now = activity.requests.load(Ordering::Relaxed);
-                    if now == seen {
+                    let started = activity.requests.load(Ordering::Acquire);
+                    let answered = activity.answered.load(Ordering::Acquire);
+                    if started == seen && answered == started {
                         idle_for += tick;
                     } else {
-                        (seen, idle_for) = (now, Duration::ZERO);
+                        (seen, idle_for) = (started, Duration::ZERO);
                     }
                     if idle_for >= options.idle_timeout {
                         conn.as_mut().graceful_shutdown();
-                        shut = Some(Box::pin(tokio::time::sleep(options.write_timeout)));
+                        shut = progress();
                     }
                 }
-                () = wait(&mut shut) => {
-                    // Shut down, and still not done: streams stalled by a
-                    // client that takes nothing.
-                    tracing::debug!("connection closed: its answers were not taken after shutdown");
-                    return;
+                                _ = tick_of(shut.as_mut().map(|(check, _)| check)), if shut.is_some() => {
+                    let moved = activity.moved.load(Ordering::Relaxed);
+                    let sending = activity.sent.load(Ordering::Acquire)
+                        < activity.answered.load(Ordering::Acquire);
+                    match &mut shut {
+                        Some((_, last)) if *last != moved || !sending => *last = moved,
+                        _ => {
+                            // Shut down, and its answers went nowhere for a
+                            // write timeout: a client that takes nothing.
+                            tracing::debug!("connection closed: its answers were not taken after shutdown");
+                            return;
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// The next tick of `check` (never while there is none).
-async fn tick_of(check: &mut Option<tokio::time::Interval>) -> tokio::time::Instant {
-    match check {
-        Some(check) => check.tick().await,
-        None => std::future::pending().await,
+/// An answer's body, counted as it moves and when hyper is done with it.
+struct Moving<B> {
+    body: B,
+    activity: Arc<Activity>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Moving<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            self.activity.moved.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
-/// Until the sleep in `sleep` ends (never while there is none).
-async fn wait(sleep: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match sleep {
-        Some(sleep) => sleep.as_mut().await,
+impl<B> Drop for Moving<B> {
+    fn drop(&mut self) {
+        self.activity.sent.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The next tick of `check` (never while there is none).
+async fn tick_of(check: Option<&mut tokio::time::Interval>) -> tokio::time::Instant {
+    match check {
+        Some(check) => check.tick().await,
         None => std::future::pending().await,
     }
 }
