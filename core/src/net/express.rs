@@ -384,7 +384,8 @@ pub fn write_response(out: &mut Vec<u8>, resp: &Response<Body>) -> bool {
 
 /// The last `Host` value found valid on a connection: a client sends the
 /// same one on every request, and comparing it is cheaper than checking
-/// it again (the check was ~2.5% of a hit's instructions).
+/// it again (checking it every time was ~110 of a hit's ~4,100
+/// instructions: bench/RESULTS.md, issue 20).
 struct KnownHost {
     len: usize,
     bytes: [u8; 64],

@@ -11,8 +11,10 @@
 //! is shut down gracefully (PINGs are no requests).
 //!
 //! A response write the client takes nothing of for
-//! `server.write_timeout_ms` ends the connection, and one shut down for
-//! idleness whose streams do not finish within it is closed.
+//! `server.write_timeout_ms` ends the connection; so does an answer that
+//! stops moving for that long on a connection already shut down (an
+//! HTTP/2 stream the client gives no window). A connection with an answer
+//! still being made is not idle.
 //!
 //! Drain: once the listener closes, an HTTP/1 connection answers every
 //! request it has read or is reading, the last with `connection: close`,
@@ -431,7 +433,8 @@ impl Conn<'_> {
         let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut seen, mut idle_for) = (0, Duration::ZERO);
-        // While draining HTTP/1: checked every few ms, once SETTLE is over.
+        // While draining: checked every 10 ms once SETTLE is over (an
+        // HTTP/1 connection until it is idle; one found to be HTTP/2 late).
         let mut drain_check: Option<tokio::time::Interval> = None;
         // Once shut down (gracefully): checked every write timeout, and
         // closed when an answer is still being sent but none moved since
