@@ -14,7 +14,9 @@
 #      edgelink-load (bench/load: one thread, latency from each request's
 #      due time; it holds rates oha cannot on one CPU, and reports its own
 #      send lag so a run where the generator fell behind shows as such).
-# Raw outputs go to bench/out/<stamp>/, the summary to bench/RESULTS.md.
+# Raw outputs go to bench/out/<stamp>/, the report to
+# bench/runs/<stamp>-edge.md (a new file each run: bench/RESULTS.md, the
+# curated page, is edited by hand from it; see bench/README.md).
 #
 # Knobs (environment): BENCH_N, BENCH_ROUNDS (3), BENCH_DURATION (10s),
 # BENCH_CONNS (64), BENCH_THREADS (wrk threads, 1), BENCH_OHA_DURATION (10s:
@@ -26,7 +28,8 @@
 # on equal cores instead of on how the scheduler interleaves them with the
 # load generator; default: not pinned),
 # BENCH_POSTGRES_URL (admin URL; a database edgelink_bench is recreated),
-# BENCH_REDIS_URL, BENCH_RESULTS (output file), BENCH_BIN (an edgelink
+# BENCH_REDIS_URL, BENCH_RESULTS (the report's file instead of
+# bench/runs/<stamp>-edge.md), BENCH_BIN (an edgelink
 # binary to measure instead of building this checkout's release),
 # BENCH_CLICKS (on: the edge counts clicks, its default; off: it does not,
 # the same work as nginx's `return 302`; bench/clicks.sh measures the cost).
@@ -60,10 +63,10 @@ if [ -n "$PIN" ]; then
 fi
 PG_ADMIN=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
-RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=${BENCH_RESULTS:-bench/runs/$STAMP-edge.md}
 OUT=$ROOT/bench/out/$STAMP
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$(dirname "$RESULTS")"
 export BENCH_N=$N BENCH_SEED=$SEED
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
