@@ -196,8 +196,12 @@ impl Refiller {
         let took = started.elapsed();
         self.metrics.refill_seconds.record(took.as_secs_f64());
         let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-        if let Err(e) = session.record(added, ms).await {
-            tracing::warn!(error = %e, "could not record the refill");
+        // A refill cut short by shutdown before its first batch did nothing:
+        // the last one that did stays on record.
+        if added > 0 {
+            if let Err(e) = session.record(added, ms).await {
+                tracing::warn!(error = %e, "could not record the refill");
+            }
         }
         Ok(added)
     }

@@ -203,6 +203,16 @@ async fn watermarks(store: Arc<dyn PoolStore>, c: &Config) {
     let fresh = pool.store.lease(5_000, 0).await.unwrap();
     let old: HashSet<&String> = taken.iter().collect();
     assert!(fresh.iter().all(|k| !old.contains(k)));
+    // A check that starts as the process stops adds nothing and leaves the
+    // last refill on record.
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    assert_eq!(
+        pool.refiller.tick(&stopped).await.unwrap(),
+        Tick::Refilled(0)
+    );
+    let last = pool.store.counts().await.unwrap().last_refill.unwrap();
+    assert_eq!(last.keys, 4_100, "a refill of nothing is not recorded");
 }
 
 #[tokio::test]
