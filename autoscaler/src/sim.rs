@@ -109,6 +109,25 @@ pub struct Report {
     pub reversals: u64,
 }
 
+/// `reports` as the markdown table `edgelink autoscale simulate` prints.
+pub fn markdown_table(reports: &[Report]) -> String {
+    let mut out = String::from(
+        "| policy | replica-hours | SLO-violation minutes | unserved | actions | reversals |\n|---|---|---|---|---|---|\n",
+    );
+    for r in reports {
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {:.4}% | {} | {} |\n",
+            r.policy,
+            r.replica_hours,
+            r.violation_minutes,
+            r.unserved_fraction * 100.0,
+            r.actions,
+            r.reversals
+        ));
+    }
+    out
+}
+
 #[derive(Default)]
 struct Tally {
     replica_secs: f64,
@@ -117,7 +136,14 @@ struct Tally {
     unserved: f64,
     actions: u64,
     reversals: u64,
-    last_action: Option<(u64, bool)>,
+    last_action: Option<Action>,
+}
+
+/// A scaling action: when, and whether it was up.
+#[derive(Clone, Copy)]
+struct Action {
+    at: u64,
+    up: bool,
 }
 
 impl Tally {
@@ -132,12 +158,12 @@ impl Tally {
 
     fn action(&mut self, t: u64, up: bool) {
         self.actions += 1;
-        if let Some((when, was_up)) = self.last_action {
-            if was_up != up && t.saturating_sub(when) <= 300 {
+        if let Some(last) = self.last_action {
+            if last.up != up && t.saturating_sub(last.at) <= 300 {
                 self.reversals += 1;
             }
         }
-        self.last_action = Some((t, up));
+        self.last_action = Some(Action { at: t, up });
     }
 
     fn report(self, policy: &str) -> Report {

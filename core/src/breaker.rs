@@ -2,27 +2,13 @@
 //! has had time to recover, so requests fail (or fall back) at once instead
 //! of each waiting out a timeout.
 //!
-//! The usual three states:
-//! - **closed**: calls pass. It opens after `consecutive_failures` failures
-//!   in a row, or when at least `min_calls` calls in the current
-//!   `window_ms` (a fixed window) failed `failure_rate_percent` or more.
-//! - **open**: calls are refused with [`StoreError::CircuitOpen`] without
-//!   touching the backend, for a jittered, doubling span: `open_ms` the
-//!   first time, ×2 per failed probe, at most `max_open_ms` ("equal
-//!   jitter": between half the span and the whole of it, so a fleet of
-//!   edges does not probe in step). This is the reconnect backoff too:
-//!   while open, nothing reconnects.
-//! - **half-open**: after the span, up to `half_open_probes` calls go
-//!   through as probes; one success closes the breaker, one failure opens
-//!   it again for the next, longer span.
+//! Closed, open (a jittered, doubling span that is also the reconnect
+//! backoff) and half-open (a few probes); a timeout or an unreachable
+//! backend is a failure, a corrupt value an answer, an abandoned call
+//! neither. [`Guarded`] puts a breaker in front of a [`LinkStore`] or
+//! [`LinkCache`]; the edge's tier-0 hits never reach one.
 //!
-//! A failure is a timeout or an unreachable backend; a corrupt value is an
-//! answer, so it counts as a success. A call abandoned before it finished
-//! (its request went away) counts as neither, and frees its probe slot.
-//!
-//! [`Guarded`] puts a breaker in front of a [`LinkStore`] or [`LinkCache`].
-//! The state sits behind a mutex taken twice per backend call; the edge's
-//! tier-0 hits never reach a breaker.
+//! The states and their settings: `docs/design/breakers.md`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1118,7 +1118,7 @@ impl Config {
         );
         for cidr in &l.trusted_proxies {
             need(
-                cidr.parse::<crate::net::IpNet>().is_ok(),
+                cidr.parse::<crate::ipnet::IpNet>().is_ok(),
                 format!("limits.trusted_proxies: {cidr:?} is not an address or CIDR block"),
             );
         }

@@ -14,26 +14,30 @@
 //!   (shared cache tier, value encoding in [`store::codec`]).
 //! - [`migrate`]: versioned schema migrations for both SQL backends.
 //! - [`import`]: CSV import in batches.
+//! - [`ipnet`]: address blocks (`10.0.0.0/8`), for trusted proxies.
 //! - [`net`]: what every role serves HTTP with: socket2 listeners, the
 //!   hyper accept loop (connection cap, timeouts, a drain that answers every
-//!   request read), the framing guard under hyper ([`net::framing`]), the
-//!   express lane in front of it ([`net::express`]: simple requests a role
-//!   answers with bytes of its own), and request bodies read under the
-//!   client's limits, a client's fault being its own 4xx ([`net::ClientFault`]).
+//!   request read), the framing guard under hyper ([`net::framing`]), a hook
+//!   for a lane in front of it ([`net::server::Lane`]; the edge's express
+//!   lane lives in the edge, the only role that has one), and request bodies
+//!   read under the client's limits, a client's fault being its own 4xx
+//!   ([`net::ClientFault`]).
 //! - [`retry`]: jittered exponential backoff for reconnects and retries.
 //! - [`breaker`]: circuit breakers, and [`breaker::Guarded`] to put one in
 //!   front of a store or cache.
 //! - [`trace`]: B3 propagation, sampled spans, OTLP/HTTP JSON export.
 //! - [`shutdown`], [`telemetry`]: process plumbing.
-//! - `testing` (hidden): fresh-database and Redis-prefix helpers for the
-//!   workspace's tests against the real services, and the fault tests'
-//!   own `redis-server` and TCP fault proxy.
+//! - `testing` (the `testing` feature, enabled only from the workspace's
+//!   dev-dependencies): fresh-database and Redis-prefix helpers for tests
+//!   against the real services, and the fault tests' own `redis-server`
+//!   and TCP fault proxy.
 
 pub mod breaker;
 pub mod code;
 pub mod config;
 pub mod error;
 pub mod import;
+pub mod ipnet;
 pub mod link;
 pub mod migrate;
 pub mod net;
@@ -41,7 +45,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;
 

@@ -1,22 +1,13 @@
-//! Distributed tracing, lean: B3 propagation in and out, a sampling
-//! decision made first (an unsampled request records nothing and
-//! allocates nothing), spans queued without blocking and exported in
-//! batches as OTLP/HTTP JSON (`POST <endpoint>/v1/traces`), which Tempo,
-//! Jaeger and the OpenTelemetry Collector accept.
+//! Distributed tracing, lean: B3 propagation in and out (single and multi
+//! header), a sampling decision made first (an unsampled request records
+//! and allocates nothing), spans queued without blocking and exported in
+//! batches as OTLP/HTTP JSON, which Tempo, Jaeger and the OpenTelemetry
+//! Collector accept. The current span is task-local ([`scope`],
+//! [`current`]), so a store wrapper ([`Traced`]) hangs its calls under it.
+//! Export is best effort: a full queue or a failed batch drops spans, and
+//! says so in a counter.
 //!
-//! - **In:** B3 single (`b3: {trace}-{span}-{sampled}-{parent}`) or multi
-//!   (`X-B3-TraceId`, `X-B3-SpanId`, `X-B3-ParentSpanId`, `X-B3-Sampled`,
-//!   `X-B3-Flags`) headers. A caller's decision is followed (`1`, `d` or
-//!   `0`); without one, `tracing.sample_ratio` decides.
-//! - **Out:** both forms, naming the current span as the parent, so the
-//!   next hop continues the trace whichever form it reads.
-//! - **Spans:** [`Tracer::start`] gives a [`Span`] that is exported when it
-//!   ends (dropped). The current span of a task is in a task-local
-//!   ([`scope`], [`current`]) so a store wrapper ([`Traced`]) can hang its
-//!   calls under it.
-//! - **Limits:** at most `tracing.max_queue` spans wait for export; more
-//!   are dropped and counted. An export has `tracing.export_timeout_ms`,
-//!   and a failed batch is dropped (traces are best effort).
+//! Formats and limits: `docs/design/tracing.md`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

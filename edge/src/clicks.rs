@@ -1,34 +1,17 @@
-//! Click counting, off the hot path.
+//! Click counting, off the hot path: bot detection by `User-Agent`
+//! ([`Bots`]: one Aho-Corasick pass over `edge/bots.txt`, answers cached
+//! per thread) and the [`Flusher`].
 //!
-//! A redirect served from tier 0 is counted with one relaxed atomic add on
-//! its index slot ([`crate::index`]); nothing else happens in the request.
-//! Whether the click is a bot's is read off the `User-Agent` against the
-//! list in `edge/bots.txt` (one Aho-Corasick pass, ASCII case ignored).
+//! A hit adds one to its index slot and does nothing else. Once a second
+//! the flusher drains the counts into (code, UTC day) pairs and writes them
+//! to the source of truth as additive deltas ([`LinkStore::add_clicks`]),
+//! so any number of edges count one link. A flush is frozen once tried and
+//! goes out in sequenced writes of at most `analytics.flush_batch` pairs,
+//! spread over half the interval; a retry never counts twice, and pending
+//! pairs beyond `analytics.max_pending` are dropped and counted. The edge
+//! flushes once more after its last request.
 //!
-//! Once a second [`Flusher`] drains the counts into a map keyed by (code,
-//! UTC day) and writes them to the source of truth as additive deltas
-//! ([`LinkStore::add_clicks`]), so any number of edges count the same link.
-//! A flush is frozen once tried, in writes of at most `analytics.flush_batch`
-//! (code, day) pairs, each with the next sequence number. They go out one
-//! at a time, oldest first, and a failed write is retried as it was until
-//! the store takes it; the store keeps the highest sequence applied per
-//! edge and applies a write only above it, so a retry after a lost answer
-//! never counts twice. While one is being
-//! retried new counts keep accumulating beside it; together they hold at
-//! most `analytics.max_pending` (code, day) pairs, and clicks for new pairs
-//! beyond that are dropped and counted (`edgelink_clicks_dropped_total`).
-//!
-//! The writes of one flush are spread over the first half of the interval
-//! rather than sent back to back: under uniform traffic a flush holds tens
-//! of thousands of pairs, and as one statement it kept PostgreSQL busy for
-//! ~100 ms at a stretch, time a CPU it shares with anything else lost in
-//! one piece (`bench/RESULTS.md`). In small writes the store's work comes
-//! in pieces of a few milliseconds, and each statement holds its row locks
-//! only that long.
-//! On graceful shutdown the edge flushes once more after the last request.
-//!
-//! A day is the UTC day of the drain, so a click in the last second of a
-//! day may be counted on the next.
+//! Why this shape, and the figures behind it: `docs/design/click-flushing.md`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -39,10 +22,11 @@ use edgelink_core::config::FlushPriority;
 use edgelink_core::store::ClickDelta;
 use edgelink_core::{LinkStore, StoreError};
 use http::HeaderValue;
-use metrics::{Counter, Gauge};
 use time::Date;
 
+use crate::domain::Click;
 use crate::index::Index;
+use crate::metrics::ClickMetrics;
 
 /// Puts the calling thread at `priority`. [`FlushPriority::Normal`]
 /// leaves it as it is; [`FlushPriority::Idle`] is Linux's `SCHED_IDLE`
@@ -65,13 +49,6 @@ pub fn set_priority(priority: FlushPriority) -> Result<(), String> {
         #[cfg(not(target_os = "linux"))]
         FlushPriority::Idle => Err("SCHED_IDLE is Linux's".into()),
     }
-}
-
-/// Who clicked, by `User-Agent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Click {
-    Human = 0,
-    Bot = 1,
 }
 
 /// The maintained list of bot `User-Agent` substrings.
@@ -166,28 +143,6 @@ impl Bots {
             Click::Bot
         } else {
             Click::Human
-        }
-    }
-}
-
-/// The flusher's metric handles.
-#[derive(Clone)]
-pub struct ClickMetrics {
-    /// Clicks written to the source of truth: human, bot.
-    pub flushed: [Counter; 2],
-    pub dropped: Counter,
-    pub flush_failures: Counter,
-    /// (code, day) pairs waiting to be written.
-    pub pending: Gauge,
-}
-
-impl ClickMetrics {
-    pub fn noop() -> ClickMetrics {
-        ClickMetrics {
-            flushed: [Counter::noop(), Counter::noop()],
-            dropped: Counter::noop(),
-            flush_failures: Counter::noop(),
-            pending: Gauge::noop(),
         }
     }
 }
@@ -592,168 +547,4 @@ pub fn today() -> Date {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    /// The calling thread's scheduling policy.
-    #[cfg(target_os = "linux")]
-    fn policy() -> u32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        edgelink_core::testing::sched_policy(&stat).unwrap()
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn idle_priority_is_sched_idle_and_normal_leaves_the_thread_alone() {
-        let on_thread = |p| {
-            std::thread::spawn(move || (set_priority(p), policy()))
-                .join()
-                .unwrap()
-        };
-        assert_eq!(on_thread(FlushPriority::Idle), (Ok(()), 5));
-        assert_eq!(on_thread(FlushPriority::Normal), (Ok(()), 0));
-    }
-
-    /// A SQLite store (the embedded one, real) in `dir`.
-    async fn sqlite_store(
-        dir: &tempfile::TempDir,
-    ) -> Arc<edgelink_core::store::sqlite::SqliteStore> {
-        let config = edgelink_core::config::SqliteConfig {
-            path: dir.path().join("clicks.db"),
-            ..Default::default()
-        };
-        Arc::new(
-            edgelink_core::store::sqlite::SqliteStore::open(&config)
-                .await
-                .unwrap(),
-        )
-    }
-
-    /// A flush of more pairs than a batch goes out as several writes, each
-    /// applied once, spread over the time it is given; without a spread
-    /// they go back to back.
-    #[tokio::test]
-    async fn a_flush_is_written_in_batches_spread_over_its_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = sqlite_store(&dir).await;
-        let index = Arc::new(Index::new());
-        let click_all = |round: u64| {
-            for i in 0..10u64 {
-                let code = format!("c{i}");
-                for _ in 0..=i + round {
-                    index.count(&code, index.hash(&code), Click::Human);
-                }
-            }
-        };
-        let mut flusher =
-            Flusher::new(index.clone(), store.clone(), 1_000, 3, ClickMetrics::noop());
-
-        click_all(0);
-        flusher.collect(today());
-        let started = std::time::Instant::now();
-        flusher
-            .flush_over(Duration::from_millis(400), None)
-            .await
-            .unwrap();
-        let took = started.elapsed();
-        assert_eq!(flusher.seq, 4, "10 pairs in writes of at most 3");
-        // Four writes, three gaps of 100 ms between them.
-        assert!(took >= Duration::from_millis(290), "{took:?}");
-
-        click_all(1);
-        flusher.collect(today());
-        flusher.flush().await.unwrap();
-        assert_eq!(flusher.seq, 8);
-
-        let day = today();
-        for i in 0..10u64 {
-            let days = store.clicks(&format!("c{i}"), day, day).await.unwrap();
-            assert_eq!(days.len(), 1);
-            assert_eq!((days[0].human, days[0].bot), (2 * i + 3, 0), "c{i}");
-        }
-        assert_eq!(flusher.held(), 0);
-    }
-
-    /// A write whose answer was lost (here: applied by the store before
-    /// the flusher heard back) is retried, skipped by the store, and its
-    /// clicks still count as written, once.
-    #[tokio::test]
-    async fn a_write_applied_by_an_attempt_whose_answer_was_lost_counts_as_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = sqlite_store(&dir).await;
-        let index = Arc::new(Index::new());
-        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let metrics = ClickMetrics {
-            flushed: [metrics::Counter::from_arc(written.clone()), Counter::noop()],
-            ..ClickMetrics::noop()
-        };
-        let mut flusher = Flusher::new(index.clone(), store.clone(), 1_000, 500, metrics);
-        for _ in 0..3 {
-            index.count("a", index.hash("a"), Click::Human);
-        }
-        flusher.collect(today());
-        // The first attempt: the store took it, the answer never came.
-        let delta = ClickDelta {
-            code: "a".into(),
-            day: today(),
-            human: 3,
-            bot: 0,
-        };
-        assert!(store.add_clicks(flusher.edge(), 1, &[delta]).await.unwrap());
-        flusher.flush().await.unwrap();
-        assert_eq!(written.load(std::sync::atomic::Ordering::Relaxed), 3);
-        let days = store.clicks("a", today(), today()).await.unwrap();
-        assert_eq!(days[0].human, 3, "written once");
-        assert_eq!(flusher.held(), 0);
-    }
-
-    #[test]
-    fn browsers_are_people_and_fetchers_are_bots() {
-        let bots = Bots::new().unwrap();
-        let ua = |s: &'static str| Some(HeaderValue::from_static(s));
-        for human in [
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:133.0) Gecko/20100101 Firefox/133.0",
-            "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
-            "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.81 Mobile Safari/537.36",
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
-            "Mozilla/5.0 (Linux; Android 14; SAMSUNG SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/26.0 Chrome/122.0.0.0 Mobile Safari/537.36",
-        ] {
-            assert_eq!(bots.classify(ua(human).as_ref()), Click::Human, "{human}");
-        }
-        for bot in [
-            "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
-            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
-            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
-            "Twitterbot/1.0",
-            "WhatsApp/2.23.20.0",
-            "TelegramBot (like TwitterBot)",
-            "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
-            "curl/8.5.0",
-            "python-requests/2.32.3",
-            "Go-http-client/1.1",
-            "UptimeRobot/2.0",
-            "kube-probe/1.31",
-            "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)",
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36",
-        ] {
-            assert_eq!(bots.classify(ua(bot).as_ref()), Click::Bot, "{bot}");
-        }
-        assert_eq!(bots.classify(None), Click::Bot, "no User-Agent");
-        // Asked again (answered from the thread's table), same answers.
-        assert_eq!(bots.classify(ua("curl/8.5.0").as_ref()), Click::Bot);
-        assert_eq!(
-            bots.classify(ua("Mozilla/5.0 (Macintosh; Intel Mac OS X 10.15; rv:133.0) Gecko/20100101 Firefox/133.0").as_ref()),
-            Click::Human
-        );
-        // Many distinct User-Agents through the small table: still right.
-        for i in 0..5_000 {
-            let human = HeaderValue::from_str(&format!("Mozilla/5.0 Firefox/{i}")).unwrap();
-            let bot = HeaderValue::from_str(&format!("ExampleBot/{i}")).unwrap();
-            assert_eq!(bots.classify(Some(&human)), Click::Human);
-            assert_eq!(bots.classify(Some(&bot)), Click::Bot);
-        }
-        assert_eq!(bots.classify(ua("").as_ref()), Click::Bot, "an empty one");
-    }
-}
+mod tests;

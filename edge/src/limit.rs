@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use edgelink_core::net::IpNet;
+use edgelink_core::ipnet::IpNet;
 use http::HeaderMap;
 
 const SHARDS: usize = 32;

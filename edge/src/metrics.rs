@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::clicks::ClickMetrics;
+use crate::domain::Tier;
 use edgelink_core::breaker::BreakerMetrics;
 use edgelink_core::net::ClientFaults;
 use metrics::{Counter, Gauge, Histogram};
@@ -50,19 +50,6 @@ pub const STATUSES: [u16; 23] = [
     500, 502, 503, 504,
 ];
 
-/// Where an answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    /// No tier was consulted (health, invalid paths).
-    None = 0,
-    /// Tier 0, the in-process cache.
-    Memory = 1,
-    /// Tier 1, Redis.
-    Cache = 2,
-    /// Tier 2, the source of truth (PostgreSQL or SQLite).
-    Store = 3,
-}
-
 const TIERS: usize = 4;
 
 /// Backends with lookup metrics, by index.
@@ -75,6 +62,28 @@ const ERROR_KINDS: [&str; 4] = ["timeout", "unavailable", "corrupt", "circuit_op
 const LOOKUP_BUCKETS: [f64; 14] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+
+/// The flusher's metric handles.
+#[derive(Clone)]
+pub struct ClickMetrics {
+    /// Clicks written to the source of truth: human, bot.
+    pub flushed: [Counter; 2],
+    pub dropped: Counter,
+    pub flush_failures: Counter,
+    /// (code, day) pairs waiting to be written.
+    pub pending: Gauge,
+}
+
+impl ClickMetrics {
+    pub fn noop() -> ClickMetrics {
+        ClickMetrics {
+            flushed: [Counter::noop(), Counter::noop()],
+            dropped: Counter::noop(),
+            flush_failures: Counter::noop(),
+            pending: Gauge::noop(),
+        }
+    }
+}
 
 /// Index of `status` in [`STATUSES`]; unknown statuses count as 500.
 pub fn status_index(status: u16) -> usize {

@@ -2,27 +2,14 @@
 //! then the shared cache (tier 1, Redis), then the source of truth (tier 2,
 //! PostgreSQL or SQLite).
 //!
-//! Tier 0 holds the answer itself, pre-built ([`Answer`]): a hit copies two
-//! `HeaderValue`s (reference counts, no allocation). moka owns tier 0
-//! (capacity, eviction, TTL, single-flight); hits are read from its
-//! [`Index`](crate::index), which moka's eviction listener keeps in step,
-//! because a moka read costs a trip to memory per policy update.
-//! Misses for one code coalesce into a single backend lookup (moka's
-//! `try_get_with`); unknown codes are cached for a short negative TTL; a
-//! backend failure is not cached, so the next request tries again.
-//!
-//! # When the backends fail
-//!
-//! - Each backend sits behind a circuit breaker ([`edgelink_core::breaker`]):
-//!   while one is open its calls fail at once instead of waiting out a
-//!   timeout.
-//! - Tier 1 failing (down, slow, open): lookups go on to tier 2 and the
-//!   write-back is skipped. Write-backs run in the background, at most
-//!   [`MAX_WRITEBACKS`] at a time; beyond that they are dropped, not queued.
-//! - Tier 2 failing: a link (or 410) past its TTL stays in tier 0 for
-//!   `cache.stale_if_error_secs` more, and is served when refreshing it
-//!   fails (stale-if-error). Unknown codes are never served stale: a miss
-//!   is an error (the edge answers 503 with `Retry-After`).
+//! Tier 0 holds the answer itself, pre-built ([`Answer`]), so a hit copies
+//! two `HeaderValue`s; hits are read from its [`Index`](crate::index).
+//! Misses for one code coalesce into one backend lookup; unknown codes are
+//! cached for a short negative TTL; a failure is not cached. Each backend
+//! sits behind a circuit breaker; tier 1 failing sends lookups to tier 2
+//! and skips the write-back (at most [`MAX_WRITEBACKS`] in flight); tier 2
+//! failing serves a known link stale for `cache.stale_if_error_secs`, and
+//! an unknown code 503.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,32 +28,12 @@ use http::{HeaderValue, StatusCode};
 use moka::future::Cache;
 use moka::Expiry;
 
-use crate::clicks::Click;
+use crate::domain::{Answer, Click, Tier, NO_STORE};
 use crate::index::{self, Index};
-use crate::metrics::{EdgeMetrics, Tier, BACKEND_CACHE, BACKEND_STORE};
+use crate::metrics::{EdgeMetrics, BACKEND_CACHE, BACKEND_STORE};
 
 /// Tier-1 write-backs in flight at most; more are dropped (and counted).
 pub const MAX_WRITEBACKS: usize = 256;
-use crate::respond::NO_STORE;
-
-/// What the edge answers for a code. Cloning it copies reference counts.
-#[derive(Debug, Clone)]
-pub enum Answer {
-    Redirect {
-        status: StatusCode,
-        location: HeaderValue,
-        cache_control: HeaderValue,
-        /// Unix seconds; checked on every hit so a link turns 410 on time.
-        expires_at: Option<i64>,
-    },
-    /// Expired or disabled: 410.
-    Gone,
-    /// Unknown code: 404.
-    NotFound,
-    /// The stored target cannot be a `Location` header (written around the
-    /// API's validation): 500, logged once when loaded.
-    Broken,
-}
 
 /// A tier-0 value: the answer and the tier it was loaded from.
 #[derive(Debug)]

@@ -18,8 +18,8 @@ use edgelink_core::link::now_unix;
 pub use edgelink_core::net::Body;
 
 use edgelink_core::net::JSON;
-/// `Cache-Control` of every answer that must not be cached downstream.
-pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+use crate::domain::NO_STORE;
 
 /// Why a request did not get a redirect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

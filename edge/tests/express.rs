@@ -1,4 +1,4 @@
-//! The public listener's express lane (`edgelink_core::net::express`): a
+//! The public listener's express lane (`edgelink_edge::lane`): a
 //! tier-0 redirect answered without hyper must be the answer hyper gives,
 //! counted the same, and a connection whose requests the lane cannot answer
 //! must get every answer, in order, from hyper.

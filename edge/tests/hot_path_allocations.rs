@@ -18,8 +18,9 @@ mod support;
 
 use std::sync::Arc;
 
+use edgelink_edge::domain::Answer;
 use edgelink_edge::metrics::EdgeMetrics;
-use edgelink_edge::resolve::{Answer, Resolver};
+use edgelink_edge::resolve::Resolver;
 use edgelink_edge::respond;
 use support::*;
 
@@ -71,7 +72,7 @@ async fn a_tier0_hit_allocates_nothing() {
     for _ in 0..HITS {
         out.clear();
         let written = resolver.with_redirect("hot", None, |status, location, cache_control| {
-            edgelink_core::net::express::write_head(
+            edgelink_edge::lane::write_head(
                 &mut out,
                 status,
                 "Found",

@@ -6,8 +6,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgelink_edge::metrics::{EdgeMetrics, Tier};
-use edgelink_edge::resolve::{Answer, Resolver};
+use edgelink_edge::domain::{Answer, Tier};
+use edgelink_edge::metrics::EdgeMetrics;
+use edgelink_edge::resolve::Resolver;
 use support::*;
 
 async fn resolver(config: &mut edgelink_core::Config, dir: &tempfile::TempDir) -> Resolver {

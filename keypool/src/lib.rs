@@ -97,21 +97,42 @@ pub fn recorder() -> PrometheusRecorder {
         .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder())
 }
 
+/// The key pool role's socket: its admin listener (`/admin/keypool...`,
+/// `/metrics`, `/healthz`).
+#[derive(Debug)]
+pub struct Listeners {
+    pub admin: std::net::TcpListener,
+}
+
+/// What the key pool role works with: the pool's store.
+pub struct Deps {
+    pub store: Arc<dyn PoolStore>,
+}
+
+/// Why the key pool role could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum KeypoolError {
+    #[error("key pool storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
 /// The `edgelink keypool` role: runs the refill worker and serves the admin
-/// listener (`/admin/keypool...`, `/metrics`, `/healthz`) until `shutdown`.
+/// listener until `shutdown`.
 pub async fn run(
-    admin_listener: std::net::TcpListener,
+    listeners: Listeners,
     config: Arc<Config>,
-    store: Arc<dyn PoolStore>,
+    deps: Deps,
     shutdown: CancellationToken,
-) -> Result<(), StoreError> {
+) -> Result<(), KeypoolError> {
     let recorder = recorder();
     let prometheus = recorder.handle();
-    let pool = Keypool::open(store, &config, KeypoolMetrics::new(&recorder)).await?;
-    let listener = tokio::net::TcpListener::from_std(admin_listener)
-        .map_err(|e| StoreError::unavailable("listener", e))?;
+    let pool = Keypool::open(deps.store, &config, KeypoolMetrics::new(&recorder)).await?;
+    let listener =
+        tokio::net::TcpListener::from_std(listeners.admin).map_err(KeypoolError::Listener)?;
     tracing::info!(
-        admin = %listener.local_addr().map_err(|e| StoreError::unavailable("listener", e))?,
+        admin = %listener.local_addr().map_err(KeypoolError::Listener)?,
         backend = pool.store.name(),
         key_length = config.keypool.key_length,
         "key pool running"

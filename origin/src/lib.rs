@@ -109,22 +109,44 @@ pub async fn build(
     })
 }
 
-/// The `edgelink origin` role: the API on `listener`, `/metrics` and
-/// `/healthz` on `admin_listener`, until `shutdown`; then reports the keys
+/// The origin's sockets: the API and the admin listener (`/metrics`,
+/// `/healthz`).
+#[derive(Debug)]
+pub struct Listeners {
+    pub public: std::net::TcpListener,
+    pub admin: std::net::TcpListener,
+}
+
+/// What the origin serves with: the API (its stores, key leaser and
+/// invalidator, assembled by [`build`]) and the metrics `/metrics` renders.
+pub struct Deps {
+    pub api: Arc<Api>,
+    pub prometheus: PrometheusHandle,
+}
+
+/// Why the origin could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// The `edgelink origin` role: the API on the public listener, `/metrics`
+/// and `/healthz` on the admin one, until `shutdown`; then reports the keys
 /// it used to the pool.
 pub async fn run(
-    listener: std::net::TcpListener,
-    admin_listener: std::net::TcpListener,
+    listeners: Listeners,
     config: Arc<Config>,
-    api: Arc<Api>,
-    prometheus: PrometheusHandle,
+    deps: Deps,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let public = tokio::net::TcpListener::from_std(listener)?;
-    let admin = tokio::net::TcpListener::from_std(admin_listener)?;
+) -> Result<(), OriginError> {
+    let Deps { api, prometheus } = deps;
+    let listen = |l| tokio::net::TcpListener::from_std(l).map_err(OriginError::Listener);
+    let public = listen(listeners.public)?;
+    let admin = listen(listeners.admin)?;
     tracing::info!(
-        public = %public.local_addr()?,
-        admin = %admin.local_addr()?,
+        public = %public.local_addr().map_err(OriginError::Listener)?,
+        admin = %admin.local_addr().map_err(OriginError::Listener)?,
         "origin listening"
     );
     let routes = api.clone();

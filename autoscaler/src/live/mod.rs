@@ -15,25 +15,29 @@ pub mod config;
 #[cfg(test)]
 mod fake_api;
 pub mod lease;
+mod meters;
+mod role;
 pub mod signals;
 pub mod wal;
+
+pub use meters::{
+    ACTIONS_TOTAL, ACTION_FAILURES_TOTAL, ACTIVE, DECISIONS_TOTAL, FLEET_RATE, FORECAST_RATE,
+    REPLICAS, STALE_TARGETS,
+};
+pub use role::{run, AutoscaleError, Deps, Listeners};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgelink_core::net::{self, server, Body};
-use edgelink_core::shutdown::CancellationToken;
-use http::{Method, Request, Response, StatusCode};
-use metrics::{Counter, Gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, Signals};
 use actuator::Actuator;
-use config::{Config, LeaseConfig, SignalsConfig};
-use lease::{Lease, PgLease};
+use config::{Config, SignalsConfig};
+use lease::Lease;
+use meters::Metrics;
 use signals::{Endpoints, Prometheus, Reading, Scraper};
 use wal::Wal;
 
@@ -45,96 +49,6 @@ const HISTORY_DAYS: usize = 29;
 const MAX_HISTORY_GAP_SECS: u64 = 3_600;
 /// The decision log is rotated (to `decisions.log.1`) past this size.
 const MAX_DECISION_LOG: u64 = 64 << 20;
-
-pub const REPLICAS: &str = "edgelink_autoscaler_replicas";
-pub const FLEET_RATE: &str = "edgelink_autoscaler_fleet_rate";
-pub const FORECAST_RATE: &str = "edgelink_autoscaler_forecast_rate";
-pub const STALE_TARGETS: &str = "edgelink_autoscaler_stale_targets";
-pub const ACTIVE: &str = "edgelink_autoscaler_active";
-pub const DECISIONS_TOTAL: &str = "edgelink_autoscaler_decisions_total";
-pub const ACTIONS_TOTAL: &str = "edgelink_autoscaler_actions_total";
-pub const ACTION_FAILURES_TOTAL: &str = "edgelink_autoscaler_action_failures_total";
-
-/// The layers a decision can come from (a fixed label set).
-const LAYERS: [&str; 7] = [
-    "hpa",
-    "scheduled",
-    "spike",
-    "forecast",
-    "forecast-naive",
-    "hold",
-    "stale-hold",
-];
-
-struct Metrics {
-    desired: Gauge,
-    current: Gauge,
-    ready: Gauge,
-    rate: Gauge,
-    forecast: Gauge,
-    stale: Gauge,
-    active: Gauge,
-    decisions: Vec<(&'static str, Counter)>,
-    up: Counter,
-    down: Counter,
-    failures: Counter,
-}
-
-impl Metrics {
-    fn new(recorder: &PrometheusRecorder) -> Metrics {
-        metrics::with_local_recorder(recorder, || {
-            use metrics::{counter, describe_counter, describe_gauge, gauge};
-            describe_gauge!(REPLICAS, "Edge replicas: desired by the policy, current (running or starting), ready (answering).");
-            describe_gauge!(
-                FLEET_RATE,
-                "Requests per second the fleet served, as last read."
-            );
-            describe_gauge!(
-                FORECAST_RATE,
-                "The forecast layer's highest rate within its horizon (0 while it abstains)."
-            );
-            describe_gauge!(
-                STALE_TARGETS,
-                "Edges expected but not read at the last evaluation."
-            );
-            describe_gauge!(
-                ACTIVE,
-                "1 while this autoscaler holds the lease and acts, 0 while passive."
-            );
-            describe_counter!(
-                DECISIONS_TOTAL,
-                "Evaluations, by the layer whose proposal won."
-            );
-            describe_counter!(ACTIONS_TOTAL, "Scaling actions taken, by direction.");
-            describe_counter!(
-                ACTION_FAILURES_TOTAL,
-                "Scaling actions the actuator failed."
-            );
-            Metrics {
-                desired: gauge!(REPLICAS, "kind" => "desired"),
-                current: gauge!(REPLICAS, "kind" => "current"),
-                ready: gauge!(REPLICAS, "kind" => "ready"),
-                rate: gauge!(FLEET_RATE),
-                forecast: gauge!(FORECAST_RATE),
-                stale: gauge!(STALE_TARGETS),
-                active: gauge!(ACTIVE),
-                decisions: LAYERS
-                    .iter()
-                    .map(|l| (*l, counter!(DECISIONS_TOTAL, "layer" => *l)))
-                    .collect(),
-                up: counter!(ACTIONS_TOTAL, "direction" => "up"),
-                down: counter!(ACTIONS_TOTAL, "direction" => "down"),
-                failures: counter!(ACTION_FAILURES_TOTAL),
-            }
-        })
-    }
-
-    fn decided(&self, layer: &str) {
-        if let Some((_, c)) = self.decisions.iter().find(|(l, _)| *l == layer) {
-            c.increment(1);
-        }
-    }
-}
 
 /// One line of `decisions.log`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -468,177 +382,4 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)
-}
-
-fn recorder() -> PrometheusRecorder {
-    PrometheusBuilder::new().build_recorder()
-}
-
-/// Runs the autoscaler until `shutdown`; the process actuator's edges are
-/// drained before it returns.
-pub async fn run(
-    config: Config,
-    admin: std::net::TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let s = &config.autoscaler;
-    std::fs::create_dir_all(&s.state_dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", s.state_dir.display()))?;
-    let state_dir = s.state_dir.canonicalize()?;
-    let recorder = recorder();
-    let prometheus_handle = recorder.handle();
-    let metrics = Metrics::new(&recorder);
-    let model = crate::sim::Model {
-        capacity: s.node_capacity,
-        startup_secs: s.startup_seconds,
-        scrape_secs: s.interval_secs,
-        train_secs: 0,
-        min: s.min_replicas,
-        max: s.max_replicas,
-        utc_offset: s.utc_offset_hours * 3_600,
-    };
-    let peak = crate::parse_peak_hours(&s.peak_hours).unwrap_or((9, 18));
-    let policy = crate::policies(&s.policy, &model, peak)
-        .ok_or_else(|| anyhow::anyhow!("unknown policy {}", s.policy))?;
-    let timeout = Duration::from_millis(s.scrape_timeout_ms);
-    let actuator = Actuator::open(
-        &config.actuator,
-        &state_dir,
-        Duration::from_millis(s.actuator_timeout_ms),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("actuator: {e}"))?;
-    let wal = Wal::open(&state_dir.join("actions.wal"))?;
-    if let Some(p) = wal.pending() {
-        tracing::warn!(
-            seq = p.seq,
-            from = p.from,
-            to = p.to,
-            "an action was interrupted; it is reconciled once this autoscaler is active"
-        );
-    }
-    let lease = match &config.lease {
-        LeaseConfig::None => Lease::None,
-        LeaseConfig::Postgres { url, key } => Lease::Postgres(Box::new(PgLease::new(
-            url.as_deref().unwrap_or_default(),
-            *key,
-            timeout,
-        ))),
-        LeaseConfig::Kubernetes {
-            namespace,
-            name,
-            identity,
-            duration_secs,
-            api_url,
-        } => Lease::Kubernetes(Box::new(lease::KubeLease::new(
-            actuator::kube_client(api_url.as_deref(), timeout)
-                .map_err(|e| anyhow::anyhow!("lease: {e}"))?,
-            namespace,
-            name,
-            identity.as_deref().unwrap_or_default(),
-            Duration::from_secs(*duration_secs),
-            timeout,
-        ))),
-    };
-    let prometheus = match &config.signals {
-        SignalsConfig::Prometheus { url, .. } => Some(Prometheus::new(url, timeout)),
-        _ => None,
-    };
-    let endpoints = match &config.signals {
-        SignalsConfig::Kubernetes {
-            namespace,
-            service,
-            port,
-            api_url,
-        } => Some(Endpoints::new(
-            actuator::kube_client(api_url.as_deref(), timeout)
-                .map_err(|e| anyhow::anyhow!("signals: {e}"))?,
-            namespace,
-            service,
-            *port,
-            timeout,
-        )),
-        _ => None,
-    };
-    let decisions = open_append(&state_dir.join("decisions.log"))?;
-    let status = Arc::new(Mutex::new(Decision::default()));
-    let interval = Duration::from_secs(s.interval_secs);
-    let mut scaler = Autoscaler {
-        state_dir,
-        policy,
-        actuator,
-        wal,
-        lease,
-        scraper: Scraper::new(timeout),
-        prometheus,
-        endpoints,
-        metrics,
-        origin: 0,
-        was_active: false,
-        last_saved: unix_now(),
-        decisions,
-        status: status.clone(),
-        config,
-    };
-    scaler.load_history(unix_now());
-
-    let listener = tokio::net::TcpListener::from_std(admin)?;
-    tracing::info!(
-        admin = %listener.local_addr()?,
-        policy = %scaler.config.autoscaler.policy,
-        actuator = scaler.actuator.name(),
-        "autoscaler running"
-    );
-    let handler = {
-        let (prometheus, status) = (prometheus_handle.clone(), status.clone());
-        move |req: Request<hyper::body::Incoming>, _peer| {
-            let (prometheus, status) = (prometheus.clone(), status.clone());
-            async move { route(&req, &prometheus, &status) }
-        }
-    };
-    let admin = tokio::spawn(server::serve(
-        listener,
-        server::Options::internal(&edgelink_core::config::ServerConfig::default()),
-        handler,
-        shutdown.clone(),
-    ));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {
-                scaler.evaluate().await;
-                prometheus_handle.run_upkeep();
-            }
-        }
-    }
-    scaler.last_saved = 0;
-    scaler.save_history(unix_now());
-    if let Actuator::Process(p) = &mut scaler.actuator {
-        if scaler.was_active {
-            tracing::info!("draining the edges this autoscaler started");
-            p.stop_all().await;
-        }
-    }
-    let _ = admin.await;
-    tracing::info!("autoscaler stopped");
-    Ok(())
-}
-
-fn route(
-    req: &Request<hyper::body::Incoming>,
-    prometheus: &PrometheusHandle,
-    status: &Mutex<Decision>,
-) -> Response<Body> {
-    let path = req.uri().path();
-    if (req.method(), path) == (&Method::GET, "/status") {
-        let d = status.lock().map(|d| d.clone()).unwrap_or_default();
-        return net::json(
-            StatusCode::OK,
-            &serde_json::to_value(&d).unwrap_or_default(),
-        );
-    }
-    net::admin_basics(req.method(), path, || prometheus.render())
-        .unwrap_or_else(|| net::json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
 }

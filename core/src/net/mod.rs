@@ -1,21 +1,22 @@
 //! Serving HTTP, shared by every role: listeners built with socket2, the
-//! hyper accept loop (connection cap, header-read timeout, graceful drain),
-//! the small responses every role's routes make, and request bodies read
-//! under the client's limits (a client's fault is its own 4xx).
+//! hyper accept loop (connection cap, header-read timeout, graceful drain)
+//! with the framing guard under hyper and a hook for a lane in front of it
+//! ([`server::Lane`]: the edge's express lane), the small responses every
+//! role's routes make, and request bodies read under the client's limits
+//! (a client's fault is its own 4xx).
 
 mod body;
-pub mod express;
 mod fault;
 pub mod framing;
-mod ipnet;
 pub mod listener;
 pub mod process;
+mod replay;
 mod request_body;
 pub mod server;
 
 pub use body::Body;
 pub use fault::{ClientFault, ClientFaults, CLIENT_FAULTS_TOTAL};
-pub use ipnet::IpNet;
+pub use replay::Replay;
 pub use request_body::{read_body, BodyError, BodyLimits, BodyWatch, LimitedBody};
 
 use bytes::Bytes;

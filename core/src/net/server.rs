@@ -1,6 +1,6 @@
 //! The accept loop shared by the public and admin listeners: a connection
-//! cap, optional TLS (rustls), the express lane for a role that has one
-//! ([`super::express`]; a connection leaves it for hyper at its first
+//! cap, optional TLS (rustls), a [`Lane`] for a listener that has one (the
+//! edge's express lane; a connection leaves it for hyper at its first
 //! request the lane does not answer), the request-framing guard, hyper's
 //! HTTP/1.1 + HTTP/2 auto builder, and a drain that loses no request.
 //!
@@ -42,10 +42,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::express::{self, Express, Outcome, Replay};
 use super::fault::ClientFaults;
 use super::framing::{FramingGuard, GuardLimits, GuardState};
-use super::Body;
+use super::{Body, Replay};
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +52,42 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+}
+
+/// What a listener runs on each connection before hyper: the edge's
+/// express lane. It serves the connection until it closes, or hands it to
+/// hyper with the bytes it read put back.
+pub trait Lane: Clone + Send + Sync + 'static {
+    /// Serves `io`; `closing` is cancelled when the listener closes.
+    fn serve<IO>(
+        &self,
+        io: IO,
+        peer: Peer,
+        closing: &CancellationToken,
+    ) -> impl Future<Output = Outcome<IO>> + Send
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send;
+}
+
+/// How a [`Lane`] left a connection.
+pub enum Outcome<IO> {
+    /// Closed (by the peer, a timeout, an error or shutdown).
+    Closed,
+    /// hyper serves the rest, starting with the replayed bytes.
+    Handoff(Replay<IO>),
+}
+
+/// No lane: every connection goes to hyper at once.
+#[derive(Debug, Clone, Copy)]
+pub enum NoLane {}
+
+impl Lane for NoLane {
+    async fn serve<IO>(&self, _: IO, _: Peer, _: &CancellationToken) -> Outcome<IO>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        match *self {}
+    }
 }
 
 /// hyper's connection builder with EdgeLink's limits.
@@ -104,9 +139,10 @@ impl ConnLimits {
     }
 }
 
-/// How a listener's connections are served.
+/// How a listener's connections are served, with lane `L` in front of
+/// hyper ([`NoLane`]: none).
 #[derive(Clone)]
-pub struct Options {
+pub struct Options<L = NoLane> {
     pub builder: auto::Builder<TokioExecutor>,
     pub limits: ConnLimits,
     /// TLS for every connection; `None` for plain HTTP.
@@ -125,14 +161,11 @@ pub struct Options {
     pub write_timeout: Duration,
     /// In-flight requests get this long after `shutdown`.
     pub drain: Duration,
-    /// Simple requests answered without hyper ([`express`]); `None`: every
-    /// request goes to hyper.
-    pub express: Option<Arc<dyn Express>>,
+    /// Serves each connection first ([`Lane`]); `None`: hyper does.
+    pub lane: Option<L>,
     /// hyper's read buffer, which bounds a request head (the express
     /// lane's and the framing guard's too).
     pub max_head: usize,
-    /// Counts the connections the express lane hands to hyper.
-    pub express_handoffs: Counter,
     /// Counts the heads the framing guard refuses.
     pub faults: ClientFaults,
 }
@@ -149,9 +182,8 @@ impl Options {
             keepalive: Duration::from_millis(config.keepalive_timeout_ms),
             write_timeout: Duration::from_millis(config.write_timeout_ms),
             drain: Duration::from_millis(config.drain_timeout_ms),
-            express: None,
+            lane: None,
             max_head: max_buf_size(config),
-            express_handoffs: Counter::noop(),
             faults: ClientFaults::default(),
         }
     }
@@ -162,6 +194,25 @@ impl Options {
             config,
             ConnLimits::new(256, metrics::Gauge::noop(), metrics::Counter::noop()),
         )
+    }
+}
+
+impl<L> Options<L> {
+    /// These options with `lane` in front of hyper.
+    pub fn with_lane<M: Lane>(self, lane: M) -> Options<M> {
+        Options {
+            builder: self.builder,
+            limits: self.limits,
+            tls: self.tls,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            keepalive: self.keepalive,
+            write_timeout: self.write_timeout,
+            drain: self.drain,
+            lane: Some(lane),
+            max_head: self.max_head,
+            faults: self.faults,
+        }
     }
 }
 
@@ -225,12 +276,13 @@ impl Drop for Tracked {
 }
 
 /// Serves `listener` until `shutdown`, then drains for at most `drain`.
-pub async fn serve<H, F>(
+pub async fn serve<L, H, F>(
     listener: TcpListener,
-    options: Options,
+    options: Options<L>,
     handler: H,
     shutdown: CancellationToken,
 ) where
+    L: Lane,
     H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -329,8 +381,8 @@ fn try_accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAd
 }
 
 /// One accepted connection and what serving it needs.
-struct Conn<'o> {
-    options: &'o Options,
+struct Conn<'o, L> {
+    options: &'o Options<L>,
     peer: Peer,
     drain: &'o Arc<Drain>,
 }
@@ -358,7 +410,7 @@ impl Activity {
 
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
-impl Conn<'_> {
+impl<L: Lane> Conn<'_, L> {
     /// Serves `io`: in the express lane while it can, then with hyper.
     async fn serve<IO, H, F>(self, io: IO, handler: H)
     where
@@ -371,23 +423,12 @@ impl Conn<'_> {
             peer,
             drain,
         } = self;
-        let io = match &options.express {
+        let io = match &options.lane {
             None => Replay::new(io),
-            Some(lane) => {
-                let limits = express::Limits {
-                    head_timeout: options.handshake_timeout,
-                    keepalive: options.keepalive,
-                    max_head: options.max_head,
-                    write_timeout: options.write_timeout,
-                };
-                match express::serve(io, &**lane, peer, limits, &drain.started).await {
-                    Outcome::Closed => return,
-                    Outcome::Handoff(io) => {
-                        options.express_handoffs.increment(1);
-                        io
-                    }
-                }
-            }
+            Some(lane) => match lane.serve(io, peer, &drain.started).await {
+                Outcome::Closed => return,
+                Outcome::Handoff(io) => io,
+            },
         };
         let mid = io.lane_answered();
         let guard = FramingGuard::new(

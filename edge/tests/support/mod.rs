@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edgelink_core::config::Config;
+use edgelink_core::net::listener;
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::{LinkCache, LinkStore, Stores};
-use edgelink_edge::{listener, Listeners, Mounts};
+use edgelink_edge::{Deps, Listeners, Mounts};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -52,7 +53,7 @@ pub struct TestEdge {
     /// The plain-HTTP redirect listener, when `tls.redirect_listen` is set.
     pub redirect: Option<SocketAddr>,
     pub shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), edgelink_edge::EdgeError>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -106,11 +107,10 @@ impl TestEdge {
         let admin = listeners.admin_addr().unwrap();
         let redirect = listeners.redirect_addr();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(edgelink_edge::run_with(
+        let task = tokio::spawn(edgelink_edge::run(
             listeners,
             Arc::new(config),
-            stores,
-            mounts,
+            Deps { stores, mounts },
             shutdown.clone(),
         ));
         let mut connector = HttpConnector::new();
