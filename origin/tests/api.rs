@@ -556,7 +556,11 @@ async fn eight_origins_create_twenty_thousand_links_without_a_duplicate() {
     // tests/cli.rs, `origin_killed_mid_load_loses_no_acknowledged_link`.)
     for (code, url) in &all {
         let link = env.links.get(code).await.unwrap();
-        assert_eq!(link.map(|l| l.target).as_deref(), Some(url.as_str()), "{code}");
+        assert_eq!(
+            link.map(|l| l.target).as_deref(),
+            Some(url.as_str()),
+            "{code}"
+        );
     }
     // The pool was refilled under that load, and its admin endpoint says so.
     let status = pool
