@@ -82,7 +82,19 @@ def references(code):
     return [p for p in paths if re.match(r"(crate|super|self)\b", p)]
 
 
-def resolve(module, path, modules):
+def reexports(module, code, modules):
+    """Names `module` re-exports from its children (`pub use child::..::Name`),
+    mapped to the child: a reference to `crate::Name` is one to the child."""
+    out = {}
+    for m in re.finditer(r"\bpub(?:\([^)]*\))?\s+use\s+([^;]*);", code, flags=re.S):
+        for path in expand_use(re.sub(r"\s+", " ", m.group(1))):
+            segs = [s for s in path.split("::") if s and s != "self"]
+            if len(segs) >= 2 and module + (segs[0],) in modules:
+                out[re.split(r"\s+as\s+", segs[-1])[-1].strip()] = module + (segs[0],)
+    return out
+
+
+def resolve(module, path, modules, exported):
     segs = [s for s in path.split("::") if s]
     if segs[0] == "crate":
         base, segs = (), segs[1:]
@@ -94,9 +106,12 @@ def resolve(module, path, modules):
             segs = segs[1:]
     target = base
     for s in segs:
-        if base + (s,) not in modules and target + (s,) not in modules:
-            break
-        target = target + (s,)
+        if target + (s,) in modules:
+            target = target + (s,)
+            continue
+        if s in exported.get(target, {}):
+            target = exported[target][s]
+        break
     return target
 
 
@@ -135,11 +150,13 @@ def cycles(graph):
 def check_crate(crate):
     files = module_files(crate)
     modules = {m for m, _ in files}
+    codes = {path: code_of(path) for _, path in files}
+    exported = {m: reexports(m, codes[path], modules) for m, path in files}
     graph = defaultdict(set)
     why = {}
     for module, path in files:
-        for ref in references(code_of(path)):
-            target = resolve(module, ref, modules)
+        for ref in references(codes[path]):
+            target = resolve(module, ref, modules, exported)
             k = 0
             while k < min(len(module), len(target)) and module[k] == target[k]:
                 k += 1

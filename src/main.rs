@@ -82,12 +82,12 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
             common,
             listen,
             sqlite,
-        } => cmd::serve::serve(common, listen, sqlite),
+        } => cmd::serve::run(common, listen, sqlite),
         Command::Edge {
             common,
             listen,
             distributed,
-        } => cmd::serve::edge(common, listen, distributed),
+        } => cmd::edge::run(common, listen, distributed),
         Command::Keypool {
             common,
             admin_listen,

@@ -5,24 +5,20 @@
 //! - [`policy`]: the scaling policies, each a pure function of its state
 //!   and the signals of one evaluation: the Kubernetes HPA rule (the
 //!   baseline), time-aware thresholds, spike detection, a seasonal
-//!   forecast, and the layered policies that take the highest proposal
-//!   (`layered`: HPA, spike and the MSTL forecast; `layered-naive` the same
-//!   with the seasonal-naive forecast; `layered+scheduled` adds the
-//!   time-aware thresholds, which cost more than they save on the NASA
-//!   trace with the example bands: `bench/RESULTS.md`).
+//!   forecast (`policy/forecast.rs`), and the layered policies that take
+//!   the highest proposal.
 //! - [`sim`]: the discrete-time fleet that replays a request-rate trace
 //!   through a policy (`edgelink autoscale simulate`), and the references:
 //!   static peak provisioning and the oracle.
-//! - this file: [`policies`], the named policies the simulator runs.
-//!
 //! - [`live`]: the sidecar (`edgelink autoscale run`): signals, actuators,
-//!   lease, write-ahead log, decision log and metrics.
+//!   lease, write-ahead log, decision log and metrics; `live::run`.
+//! - this file: [`policies`], the named policies the simulator runs.
 
 pub mod live;
 pub mod policy;
 pub mod sim;
 
-use policy::{Forecast, ForecastModel, Hpa, Layered, Policy, Scheduled, Spike};
+use policy::{Forecast, ForecastModel, Hpa, Layered, PeakHours, Policy, Scheduled, Spike};
 use sim::Model;
 
 /// HPA-style target utilisation of the reactive layers.
@@ -41,17 +37,18 @@ pub const NAMES: [&str; 7] = [
 ];
 
 /// Local peak hours `FROM-TO` (`9-18`), hours 0..24 and 0..=24.
-pub fn parse_peak_hours(text: &str) -> Option<(u32, u32)> {
+pub fn parse_peak_hours(text: &str) -> Option<PeakHours> {
     text.split_once('-')
         .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
         .filter(|(a, b)| *a < 24 && *b <= 24)
+        .map(PeakHours::from)
 }
 
 /// A fresh policy by name, for `model` (local peak hours `peak_hours`).
 pub fn policies(
     name: &str,
     model: &Model,
-    peak_hours: (u32, u32),
+    peak_hours: PeakHours,
 ) -> Option<Box<dyn Policy + Send>> {
     let (min, max) = (model.min, model.max);
     let horizon = 900 + model.startup_secs;

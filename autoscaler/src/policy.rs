@@ -190,6 +190,20 @@ impl Policy for Hpa {
     }
 }
 
+/// Local hours `from` (inclusive) to `to` (exclusive); `from > to` wraps
+/// past midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeakHours {
+    pub from: u32,
+    pub to: u32,
+}
+
+impl From<(u32, u32)> for PeakHours {
+    fn from((from, to): (u32, u32)) -> PeakHours {
+        PeakHours { from, to }
+    }
+}
+
 /// Peak and off-peak thresholds by local hour: above `up` the fleet is
 /// sized to `up`'s midpoint with `down`; below `down` it may shrink (through
 /// the HPA's stabilisation); between, it holds.
@@ -202,7 +216,7 @@ pub struct Thresholds {
 #[derive(Debug, Clone)]
 pub struct Scheduled {
     /// Local hours `[from, to)` that are peak.
-    pub peak_hours: (u32, u32),
+    pub peak_hours: PeakHours,
     pub peak: Thresholds,
     pub off_peak: Thresholds,
     /// Rate limits and stabilisation are the HPA's.
@@ -210,9 +224,9 @@ pub struct Scheduled {
 }
 
 impl Scheduled {
-    pub fn new(peak_hours: (u32, u32), min: u32, max: u32) -> Scheduled {
+    pub fn new(peak_hours: impl Into<PeakHours>, min: u32, max: u32) -> Scheduled {
         Scheduled {
-            peak_hours,
+            peak_hours: peak_hours.into(),
             peak: Thresholds {
                 up: 0.85,
                 down: 0.60,
@@ -228,7 +242,7 @@ impl Scheduled {
     fn thresholds(&self, s: &Signals) -> (&Thresholds, bool) {
         let local = (s.now as i64 + s.utc_offset).rem_euclid(86_400);
         let hour = (local / 3_600) as u32;
-        let (from, to) = self.peak_hours;
+        let PeakHours { from, to } = self.peak_hours;
         let peak = if from <= to {
             (from..to).contains(&hour)
         } else {

@@ -80,7 +80,7 @@ impl App {
         })
     }
 
-    /// Whether requests are traced or logged, which only [`App::handle`]
+    /// Whether requests are traced or logged, which only [`App::observe`]
     /// does: the hit path and the express lane step aside.
     #[inline]
     pub(crate) fn observed(&self) -> bool {

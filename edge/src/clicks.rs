@@ -298,7 +298,8 @@ impl Flusher {
     }
 
     /// This edge's flush name.
-    pub fn edge(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn edge(&self) -> &str {
         &self.edge
     }
 

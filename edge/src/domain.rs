@@ -9,6 +9,15 @@ use http::{HeaderValue, StatusCode};
 /// `Cache-Control` of every answer that must not be cached downstream.
 pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
+/// Whether `value` may be sent as a header value as is (the rule of
+/// `http::HeaderValue`: visible ASCII, obs-text, space and tab).
+#[inline]
+pub fn is_header_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
 /// What the edge answers for a code. Cloning it copies reference counts.
 #[derive(Debug, Clone)]
 pub enum Answer {

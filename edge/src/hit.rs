@@ -31,7 +31,7 @@ pub(crate) type Answering = futures_util::future::Either<
 /// declined and goes to hyper and [`App::call`].
 impl Express for App {
     #[inline]
-    fn answer(&self, req: &Simple<'_>, _peer: Peer, out: &mut Vec<u8>) -> bool {
+    fn answer_now(&self, req: &Simple<'_>, _peer: Peer, out: &mut Vec<u8>) -> bool {
         if self.observed() {
             return false;
         }
@@ -76,7 +76,7 @@ impl Express for App {
     /// A valid code the index cannot answer at once (a miss, an unknown,
     /// expired or disabled link) is looked up and answered in the lane, as
     /// [`App::dispatch`] would; everything else goes to hyper.
-    fn respond(&self, req: Request<()>, peer: Peer) -> Option<lane::Responding<'_>> {
+    fn answer_later(&self, req: Request<()>, peer: Peer) -> Option<lane::Responding<'_>> {
         if self.observed() {
             return None;
         }

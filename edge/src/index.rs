@@ -326,7 +326,7 @@ impl Index {
         if matches!(kind, Kind::Redirect { .. })
             && !block
                 .get(code.len()..)
-                .is_some_and(crate::lane::is_header_value)
+                .is_some_and(crate::domain::is_header_value)
         {
             return;
         }

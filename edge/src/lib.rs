@@ -2,21 +2,26 @@
 //!
 //! # Layout
 //!
-//! A cache hit from `main`: `src/cmd/edge.rs` calls [`run`] (this file),
-//! which serves the public listeners through `edgelink_core::net::server`
-//! with the express lane in front ([`lane`]); the lane parses a head and
-//! asks the hit path (`hit.rs`, [`Express`](lane::Express) for the app),
-//! which writes the redirect from the tier-0 [`index`].
+//! A cache hit, from `main`: `src/cmd/edge.rs` (and `serve.rs`) calls
+//! [`run`] (this file), whose public listeners run the express lane in
+//! front of hyper. Then, in the edge:
+//!
+//! 1. [`lane`] (`lane/mod.rs`): parses the head, offers it to the app;
+//! 2. `hit.rs`: the app's answer (`Express::answer_now`), a valid code;
+//! 3. [`resolve`] (`Resolver::with_redirect`): the tier-0 hit, counted;
+//! 4. [`index`]: the slot, whose `Location` is written as bytes
+//!    (`lane/wire.rs`), flushed by the lane.
 //!
 //! - this file: [`run`], which wires the rest together.
 //! - `app.rs`: the shared state (`App`) and where a request goes
 //!   (`Target`); `hit.rs` the tier-0 hit in both front ends; `serve.rs`
 //!   hyper's path for the rest (access log, tracing, lookups through the
 //!   tiers); `api.rs` the creation API's checks and budgets; `ready.rs`
-//!   `/readyz`; `reload.rs` and `live.rs` the settings a reload swaps;
+//!   `/readyz` and the drain's start; `live.rs` the settings a reload swaps;
 //!   `tasks.rs` the background loops; [`listeners`] the sockets and the
-//!   admin and plain-HTTP listeners' answers; [`mounts`] what an in-process
-//!   origin hangs on the edge.
+//!   admin and plain-HTTP listeners; [`mounts`] what an in-process origin
+//!   hangs on the edge (and the reload hook, `Reload`); `reload.rs` applies
+//!   reloads.
 //! - [`lane`]: the HTTP/1 express lane (bytes in, bytes out), the edge's
 //!   alone; the accept loop, TLS and the framing guard under hyper are
 //!   `edgelink_core::net`, which every role serves with.
@@ -32,21 +37,21 @@
 //!   the origins), [`limit`] (per-client rate limits, the client IP),
 //!   [`respond`] (outcomes to HTTP), [`metrics`] (names, handles).
 
-pub mod access;
+mod access;
 mod api;
 mod app;
-pub mod clicks;
+mod clicks;
 pub mod domain;
 mod hit;
-pub mod index;
+mod index;
 pub mod invalidate;
 pub mod lane;
-pub mod limit;
-pub mod listeners;
+mod limit;
+mod listeners;
 mod live;
 pub mod metrics;
-pub mod mounts;
-pub mod proxy;
+mod mounts;
+mod proxy;
 mod ready;
 mod reload;
 pub mod resolve;
@@ -58,7 +63,6 @@ pub mod tls;
 pub use listeners::Listeners;
 pub use mounts::{Mounts, Reload, Route};
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,8 +70,6 @@ use edgelink_core::config::Config;
 use edgelink_core::net::server;
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::Stores;
-use http::Request;
-use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::lane::ExpressLane;
@@ -90,6 +92,8 @@ pub enum EdgeError {
     AccessLog(#[source] std::io::Error),
     #[error("bot list: {0}")]
     Bots(String),
+    #[error("no public listener")]
+    NoPublicListener,
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
     #[error("click flusher thread: {0}")]
@@ -148,9 +152,7 @@ pub async fn run(
     )?);
     let flusher = tasks::flusher(&config, &stores, &app).await;
     let mut publics = listeners.public.into_iter();
-    let first = publics
-        .next()
-        .ok_or_else(|| EdgeError::Listener(std::io::Error::other("no public listener")))?;
+    let first = publics.next().ok_or(EdgeError::NoPublicListener)?;
     let listen = |l| tokio::net::TcpListener::from_std(l).map_err(EdgeError::Listener);
     let public = listen(first)?;
     let admin = listen(listeners.admin)?;
@@ -188,64 +190,23 @@ pub async fn run(
     );
 
     let public_task = server::serve(public, options, handler, shutdown.clone());
-    let https_port = config.tls.https_port;
-    let (redirect_app, redirect_shutdown) = (app.clone(), shutdown.clone());
-    let redirect_task = async move {
-        let Some(listener) = redirect else { return };
-        let app = redirect_app;
-        let handler = move |req: Request<Incoming>, peer| {
-            let app = app.clone();
-            async move {
-                match req.uri().path() {
-                    "/healthz" | "/readyz" => app.serve(req, peer).await,
-                    _ => listeners::to_https(&req, https_port),
-                }
-            }
-        };
-        server::serve(listener, plain, handler, redirect_shutdown).await;
-    };
+    let redirect_task =
+        listeners::serve_redirect(redirect, plain, app.clone(), &config, shutdown.clone());
     let mut renderers = vec![prometheus.clone()];
     renderers.extend(extra_metrics);
-    let renderers = Arc::new(renderers);
-    let admin_body = app.route_body;
-    let admin_task = server::serve(
+    let admin_task = listeners::serve_admin(
         admin,
-        server::Options::internal(&config.server),
-        move |req: Request<Incoming>, _peer| {
-            let renderers = renderers.clone();
-            let mount = admin_mount.clone();
-            async move { listeners::admin(req, &renderers, mount.as_ref(), admin_body).await }
-        },
+        &config,
+        renderers,
+        admin_mount,
+        app.route_body,
         shutdown.clone(),
     );
-    let draining_app = app.clone();
     let closing = app.clone();
-    let stop_accepting = shutdown.clone();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let mark_draining = async move {
-        signalled.cancelled().await;
-        draining_app.draining.store(true, Ordering::Relaxed);
-        if !grace.is_zero() {
-            tracing::info!(?grace, "draining: /readyz answers 503; still accepting");
-            tokio::time::sleep(grace).await;
-        }
-        stop_accepting.cancel();
-    };
+    let draining = ready::drain_after(app.clone(), signalled, grace, shutdown.clone());
     let reloading = reload::follow_reloads(app.clone(), reload, shutdown.clone());
-    let invalidations = match (invalidations, &config.redis.url) {
-        (Some(rx), _) => Some(rx),
-        (None, Some(url)) if stores.cache.is_some() => {
-            let (tx, rx) = tokio::sync::mpsc::channel(10_000);
-            tokio::spawn(invalidate::follow_redis(
-                url.clone(),
-                format!("{}invalidate", config.redis.key_prefix),
-                tx,
-                shutdown.clone(),
-            ));
-            Some(rx)
-        }
-        _ => None,
-    };
+    let invalidations = tasks::invalidations(invalidations, &config, &stores, &shutdown);
     let invalidating = tasks::apply_invalidations(app.clone(), invalidations, shutdown.clone());
     let flusher = flusher
         .spawn(
@@ -259,7 +220,7 @@ pub async fn run(
         public_task,
         redirect_task,
         admin_task,
-        mark_draining,
+        draining,
         invalidating,
         reloading,
         tasks::background(app, prometheus, shutdown),

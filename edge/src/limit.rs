@@ -174,7 +174,8 @@ impl RateLimit {
     }
 
     /// Clients tracked now (for tests and the metrics loop).
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map_or(0, |s| s.buckets.len()))

@@ -3,6 +3,7 @@
 //! `/admin/...`) and the plain-HTTP one that redirects to HTTPS.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use edgelink_core::config::Config;
 use edgelink_core::net::{listener, read_body, server, BodyLimits};
@@ -12,6 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::app::App;
 use crate::domain::NO_STORE;
 use crate::mounts::Route;
 use crate::respond::{self, failure, Body, Failure};
@@ -91,9 +93,56 @@ where
     Ok(threads)
 }
 
+/// Serves the plain-HTTP listener, if any: `/healthz` and `/readyz` as
+/// the public listener answers them, everything else a 308 to HTTPS.
+pub(crate) async fn serve_redirect(
+    listener: Option<tokio::net::TcpListener>,
+    options: server::Options,
+    app: Arc<App>,
+    config: &Config,
+    shutdown: CancellationToken,
+) {
+    let Some(listener) = listener else { return };
+    let https_port = config.tls.https_port;
+    let handler = move |req: Request<Incoming>, peer| {
+        let app = app.clone();
+        async move {
+            match req.uri().path() {
+                "/healthz" | "/readyz" => app.serve(req, peer).await,
+                _ => to_https(&req, https_port),
+            }
+        }
+    };
+    server::serve(listener, options, handler, shutdown).await;
+}
+
+/// Serves the admin listener: `/metrics` from `renderers`, `/healthz`, and
+/// a mounted `/admin/...` route (its body read under `body`).
+pub(crate) async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    renderers: Vec<PrometheusHandle>,
+    mount: Option<Route>,
+    body: BodyLimits,
+    shutdown: CancellationToken,
+) {
+    let renderers = Arc::new(renderers);
+    let handler = move |req: Request<Incoming>, _peer| {
+        let (renderers, mount) = (renderers.clone(), mount.clone());
+        async move { admin(req, &renderers, mount.as_ref(), body).await }
+    };
+    server::serve(
+        listener,
+        server::Options::internal(&config.server),
+        handler,
+        shutdown,
+    )
+    .await;
+}
+
 /// The admin listener's answer: a mounted `/admin/...` route (its body
 /// read under `body`), else `/metrics` from `renderers` and `/healthz`.
-pub(crate) async fn admin(
+async fn admin(
     req: Request<Incoming>,
     renderers: &[PrometheusHandle],
     mount: Option<&Route>,
@@ -119,7 +168,7 @@ fn admin_route(renderers: &[PrometheusHandle], req: &Request<Incoming>) -> Respo
 }
 
 /// The plain-HTTP listener's answer: 308 to the same target over HTTPS.
-pub(crate) fn to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
+fn to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
     let host = req
         .headers()
         .get(http::header::HOST)

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use edgelink_core::config::Config;
+
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;

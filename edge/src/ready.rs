@@ -2,6 +2,10 @@
 //! its backends' pings (through their breakers).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgelink_core::shutdown::CancellationToken;
 
 use http::{Response, StatusCode};
 
@@ -52,4 +56,22 @@ impl App {
             &serde_json::json!({ "status": word, "backends": backends, "breakers": breakers }),
         )
     }
+}
+
+/// On `signalled` (SIGTERM): marks `app` draining at once (`/readyz`
+/// answers 503), then cancels `stop_accepting` `grace` later, so load
+/// balancers stop sending before the listeners close.
+pub(crate) async fn drain_after(
+    app: Arc<App>,
+    signalled: CancellationToken,
+    grace: Duration,
+    stop_accepting: CancellationToken,
+) {
+    signalled.cancelled().await;
+    app.draining.store(true, Ordering::Relaxed);
+    if !grace.is_zero() {
+        tracing::info!(?grace, "draining: /readyz answers 503; still accepting");
+        tokio::time::sleep(grace).await;
+    }
+    stop_accepting.cancel();
 }

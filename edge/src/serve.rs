@@ -38,32 +38,27 @@ impl App {
 
     /// [`App::dispatch`] with tracing and the access log, as configured.
     pub(crate) async fn observe(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+        // The access log's record, its answer filled in once there is one.
         let noted = self.access.as_ref().map(|_| {
-            (
-                self.live.load().client_ip(peer, req.headers()),
-                std::time::SystemTime::now(),
-                std::time::Instant::now(),
-                req.method().clone(),
-                req.uri().path().to_owned(),
-                req.headers().get(http::header::USER_AGENT).cloned(),
-            )
+            let record = access::Record {
+                at: std::time::SystemTime::now(),
+                client: self.live.load().client_ip(peer, req.headers()),
+                method: req.method().clone(),
+                path: req.uri().path().to_owned(),
+                status: 0,
+                duration: std::time::Duration::ZERO,
+                user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            };
+            (std::time::Instant::now(), record)
         });
         let resp = match &self.tracer {
             Some(tracer) => self.trace(tracer, req, peer).await,
             None => self.dispatch(req, peer, Decided::Untraced).await,
         };
-        if let (Some(log), Some((client, at, started, method, path, user_agent))) =
-            (&self.access, noted)
-        {
-            log.log(access::Record {
-                at,
-                client,
-                method,
-                path,
-                status: resp.status().as_u16(),
-                duration: started.elapsed(),
-                user_agent,
-            });
+        if let (Some(log), Some((started, mut record))) = (&self.access, noted) {
+            record.status = resp.status().as_u16();
+            record.duration = started.elapsed();
+            log.log(record);
         }
         resp
     }

@@ -68,18 +68,18 @@ pub(crate) async fn background(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
-    let mut last = (std::time::Instant::now(), app.metrics.answered.sum());
+    let mut last = Answered::now(&app);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = (std::time::Instant::now(), app.metrics.answered.sum());
-        let secs = now.0.duration_since(last.0).as_secs_f64();
+        let now = Answered::now(&app);
+        let secs = now.at.duration_since(last.at).as_secs_f64();
         if secs > 0.0 {
             app.metrics
                 .request_rate
-                .set(now.1.saturating_sub(last.1) as f64 / secs);
+                .set(now.count.saturating_sub(last.count) as f64 / secs);
         }
         last = now;
         let proxy = app.live.load().proxy.clone();
@@ -93,6 +93,45 @@ pub(crate) async fn background(
         n += 1;
         if n % 5 == 0 {
             prometheus.run_upkeep();
+        }
+    }
+}
+
+/// Where tier 0's invalidations come from: an origin in this process
+/// (`mounted`), else, with a shared cache, its pub/sub channel.
+pub(crate) fn invalidations(
+    mounted: Option<tokio::sync::mpsc::Receiver<invalidate::Invalidation>>,
+    config: &Config,
+    stores: &Stores,
+    shutdown: &CancellationToken,
+) -> Option<tokio::sync::mpsc::Receiver<invalidate::Invalidation>> {
+    match (mounted, &config.redis.url) {
+        (Some(rx), _) => Some(rx),
+        (None, Some(url)) if stores.cache.is_some() => {
+            let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+            tokio::spawn(invalidate::follow_redis(
+                url.clone(),
+                format!("{}invalidate", config.redis.key_prefix),
+                tx,
+                shutdown.clone(),
+            ));
+            Some(rx)
+        }
+        _ => None,
+    }
+}
+
+/// How many requests the edge had answered, and when that was read.
+struct Answered {
+    at: std::time::Instant,
+    count: u64,
+}
+
+impl Answered {
+    fn now(app: &App) -> Answered {
+        Answered {
+            at: std::time::Instant::now(),
+            count: app.metrics.answered.sum(),
         }
     }
 }

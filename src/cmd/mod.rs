@@ -3,6 +3,7 @@
 
 pub(crate) mod apikey;
 pub(crate) mod autoscale;
+pub(crate) mod edge;
 pub(crate) mod import;
 pub(crate) mod keypool;
 pub(crate) mod migrate;

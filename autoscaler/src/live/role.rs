@@ -18,6 +18,7 @@ use super::meters::Metrics;
 use super::signals::{Endpoints, Prometheus, Scraper};
 use super::wal::Wal;
 use super::{open_append, unix_now, Autoscaler, Decision};
+use crate::policy::PeakHours;
 
 fn recorder() -> PrometheusRecorder {
     PrometheusBuilder::new().build_recorder()
@@ -111,7 +112,7 @@ pub async fn run(
         max: s.max_replicas,
         utc_offset: s.utc_offset_hours * 3_600,
     };
-    let peak = crate::parse_peak_hours(&s.peak_hours).unwrap_or((9, 18));
+    let peak = crate::parse_peak_hours(&s.peak_hours).unwrap_or(PeakHours { from: 9, to: 18 });
     let policy = crate::policies(&s.policy, &model, peak)
         .ok_or_else(|| AutoscaleError::Policy(s.policy.clone()))?;
     let timeout = Duration::from_millis(s.scrape_timeout_ms);

@@ -132,7 +132,7 @@ impl<IO> FramingGuard<IO> {
 }
 
 impl<IO> FramingGuard<IO> {
-    /// A guard for a connection the express lane has answered requests on:
+    /// A guard for a connection a lane has answered requests on:
     /// the HTTP/2 preface is no longer where the connection starts.
     pub fn mid_connection(mut self, mid: bool) -> FramingGuard<IO> {
         if mid {

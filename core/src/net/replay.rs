@@ -42,7 +42,7 @@ impl<IO> Replay<IO> {
         &self.io
     }
 
-    /// Whether the express lane answered requests before handing over.
+    /// Whether a lane answered requests before handing over.
     pub fn lane_answered(&self) -> bool {
         self.answered
     }

@@ -1,26 +1,17 @@
-//! The accept loop shared by the public and admin listeners: a connection
-//! cap, optional TLS (rustls), a [`Lane`] for a listener that has one (the
-//! edge's express lane; a connection leaves it for hyper at its first
-//! request the lane does not answer), the request-framing guard, hyper's
-//! HTTP/1.1 + HTTP/2 auto builder, and a drain that loses no request.
+//! The accept loop shared by every listener: a connection cap, optional
+//! TLS (rustls), a [`Lane`] for a listener that has one (a connection
+//! leaves it for hyper at its first request the lane does not answer), the
+//! request-framing guard, hyper's HTTP/1.1 + HTTP/2 auto builder, and a
+//! drain that loses no request.
 //!
-//! Timeouts: the framing guard (and the lane) bound a request head from its
-//! first byte; hyper's header-read timer, which runs whenever hyper waits
-//! for the next request, is the HTTP/1 keep-alive idle timeout; a
-//! connection on which no request starts for `server.h2_idle_timeout_ms`
-//! is shut down gracefully (PINGs are no requests).
-//!
-//! A response write the client takes nothing of for
-//! `server.write_timeout_ms` ends the connection; so does an answer that
-//! stops moving for that long on a connection already shut down (an
-//! HTTP/2 stream the client gives no window). A connection with an answer
-//! still being made is not idle.
-//!
-//! Drain: once the listener closes, an HTTP/1 connection answers every
-//! request it has read or is reading, the last with `connection: close`,
-//! and closes; one with nothing under way is given [`SETTLE`] for a request
-//! already on its way, then closed. HTTP/2 connections get GOAWAY at once
-//! and their streams in flight finish.
+//! Every phase has a timeout: a head is bounded from its first byte (the
+//! guard, the lane), an idle HTTP/1 connection by hyper's header-read timer,
+//! an HTTP/2 connection without a new request by `server.h2_idle_timeout_ms`
+//! (PINGs are no requests), a write the client takes nothing of by
+//! `server.write_timeout_ms`. On drain, every request read is answered (the
+//! last HTTP/1 one with `connection: close`), an idle connection gets
+//! [`SETTLE`] for a request on its way, HTTP/2 gets GOAWAY. The rules in
+//! full: `docs/design/server.md`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -54,8 +45,8 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// What a listener runs on each connection before hyper: the edge's
-/// express lane. It serves the connection until it closes, or hands it to
+/// What a listener runs on each connection before hyper (the edge has
+/// one: its express lane). It serves the connection until it closes, or hands it to
 /// hyper with the bytes it read put back.
 pub trait Lane: Clone + Send + Sync + 'static {
     /// Serves `io`; `closing` is cancelled when the listener closes.
@@ -154,7 +145,7 @@ pub struct Options<L = NoLane> {
     /// (`server.h2_idle_timeout_ms`).
     pub idle_timeout: Duration,
     /// How long an idle HTTP/1 connection is kept between requests in the
-    /// express lane (`server.keepalive_timeout_ms`).
+    /// lane (`server.keepalive_timeout_ms`).
     pub keepalive: Duration,
     /// A response write must make progress within this
     /// (`server.write_timeout_ms`).
@@ -163,7 +154,7 @@ pub struct Options<L = NoLane> {
     pub drain: Duration,
     /// Serves each connection first ([`Lane`]); `None`: hyper does.
     pub lane: Option<L>,
-    /// hyper's read buffer, which bounds a request head (the express
+    /// hyper's read buffer, which bounds a request head (the
     /// lane's and the framing guard's too).
     pub max_head: usize,
     /// Counts the heads the framing guard refuses.
@@ -411,7 +402,7 @@ impl Activity {
 const CLOSE: HeaderValue = HeaderValue::from_static("close");
 
 impl<L: Lane> Conn<'_, L> {
-    /// Serves `io`: in the express lane while it can, then with hyper.
+    /// Serves `io`: in the lane while it can, then with hyper.
     async fn serve<IO, H, F>(self, io: IO, handler: H)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -9,11 +9,9 @@
 //! or not simple hands the connection to hyper for good, with the bytes
 //! read replayed in front ([`Replay`]), so answers stay in request order.
 //! The lane keeps the listener's limits (head and keep-alive timeouts, head
-//! size, exactly one valid `Host`) and its drain.
-//!
-//! Why a lane of its own: over a warm cache, hyper's request and response
-//! objects were most of a redirect's user-space time
-//! (`docs/design/express-lane.md`).
+//! size, exactly one valid `Host`) and its drain. Why it exists (hyper's
+//! request and response objects dominate a warm hit): the design page,
+//! `docs/design/express-lane.md`.
 
 mod wire;
 
@@ -33,7 +31,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub use wire::{is_header_value, write_head, write_response};
+pub use wire::{write_head, write_response};
 
 /// A request head the express lane may answer.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +44,7 @@ pub struct Simple<'a> {
     pub user_agent: Option<&'a [u8]>,
 }
 
-/// A response the express lane waits for ([`Express::respond`]).
+/// A response the express lane waits for ([`Express::answer_later`]).
 pub type Responding<'a> = Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>;
 
 /// A role's answers in the express lane.
@@ -54,13 +52,13 @@ pub trait Express: Send + Sync {
     /// Appends the whole response to `req` to `out` (see [`write_head`])
     /// and returns `true` (the hot path: nothing to wait for); or returns
     /// `false`, having written and counted nothing.
-    fn answer(&self, req: &Simple<'_>, peer: Peer, out: &mut Vec<u8>) -> bool;
+    fn answer_now(&self, req: &Simple<'_>, peer: Peer, out: &mut Vec<u8>) -> bool;
 
-    /// The response to a request [`Express::answer`] declined, when the
+    /// The response to a request [`Express::answer_now`] declined, when the
     /// role answers it in the lane all the same (a cache miss, say); it
     /// must have a whole body ([`Body::as_full`]). `None`, with nothing
     /// counted: hyper answers it, and the rest of the connection.
-    fn respond(&self, req: Request<()>, peer: Peer) -> Option<Responding<'_>>;
+    fn answer_later(&self, req: Request<()>, peer: Peer) -> Option<Responding<'_>>;
 }
 
 /// The lane's limits, those hyper applies to the same listener.
@@ -108,7 +106,7 @@ impl Lane for ExpressLane {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let outcome = serve(io, &*self.express, peer, self.limits, closing).await;
+        let outcome = drive(io, &*self.express, peer, self.limits, closing).await;
         if let Outcome::Handoff(_) = outcome {
             self.handoffs.increment(1);
         }
@@ -123,8 +121,8 @@ const MAX_HEADERS: usize = 32;
 /// Serves `io` in the express lane until it closes or needs hyper.
 /// `closing`: the listener has closed; from then on the connection's last
 /// answer carries `connection: close`, and an idle connection waits
-/// [`super::server::SETTLE`] for a request on its way before it closes.
-pub async fn serve<IO>(
+/// [`SETTLE`] for a request on its way before it closes.
+async fn drive<IO>(
     mut io: IO,
     express: &dyn Express,
     peer: Peer,
@@ -142,7 +140,7 @@ where
     // timeout after its first byte was seen. The timer is armed once and
     // moved on only when it fires early (at most once a timeout), not
     // re-armed for every request: a timer-wheel insert and removal per
-    // request was ~1% of the edge's time (`perf`).
+    // request costs the hit path (docs/design/express-lane.md).
     let mut deadline = tokio::time::Instant::now() + limits.head_timeout;
     let timer = tokio::time::sleep_until(deadline);
     tokio::pin!(timer);
@@ -170,7 +168,7 @@ where
             let at = out.len();
             let step = match req.parse(&buf) {
                 Ok(httparse::Status::Complete(len)) => match simple(&req, &mut host) {
-                    Some(s) if express.answer(&s, peer, &mut out) => Step::Answered(len),
+                    Some(s) if express.answer_now(&s, peer, &mut out) => Step::Answered(len),
                     Some(s) => match owned(&s, req.headers) {
                         Some(owned) => Step::Wait(len, Box::new(owned)),
                         None => Step::Handoff,
@@ -190,7 +188,7 @@ where
                     last = Some(at);
                 }
                 Step::Wait(len, req) => {
-                    let Some(responding) = express.respond(*req, peer) else {
+                    let Some(responding) = express.answer_later(*req, peer) else {
                         handoff = true;
                         break;
                     };
@@ -358,7 +356,7 @@ async fn flush<IO: AsyncWrite + Unpin>(
     result
 }
 
-/// `req` as an owned request for [`Express::respond`]; `None` when a
+/// `req` as an owned request for [`Express::answer_later`]; `None` when a
 /// part of it is not valid for `http` (hyper then answers it).
 fn owned(req: &Simple<'_>, headers: &[httparse::Header<'_>]) -> Option<Request<()>> {
     let mut owned = Request::new(());
@@ -376,8 +374,7 @@ fn owned(req: &Simple<'_>, headers: &[httparse::Header<'_>]) -> Option<Request<(
 
 /// The last `Host` value found valid on a connection: a client sends the
 /// same one on every request, and comparing it is cheaper than checking
-/// it again (checking it every time was ~110 of a hit's ~4,100
-/// instructions: bench/RESULTS.md, issue 20).
+/// it again (docs/design/express-lane.md has the cost).
 struct KnownHost {
     len: usize,
     bytes: [u8; 64],

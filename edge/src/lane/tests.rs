@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use super::*;
+use crate::domain::is_header_value;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -16,7 +17,7 @@ struct OnlyA {
 }
 
 impl Express for OnlyA {
-    fn answer(&self, req: &Simple<'_>, _peer: Peer, out: &mut Vec<u8>) -> bool {
+    fn answer_now(&self, req: &Simple<'_>, _peer: Peer, out: &mut Vec<u8>) -> bool {
         if req.target != "/a" {
             return false;
         }
@@ -25,7 +26,7 @@ impl Express for OnlyA {
         true
     }
 
-    fn respond(&self, req: Request<()>, _peer: Peer) -> Option<Responding<'_>> {
+    fn answer_later(&self, req: Request<()>, _peer: Peer) -> Option<Responding<'_>> {
         if req.uri().path() != "/slow" {
             return None;
         }
@@ -70,7 +71,7 @@ fn lane_with(
 ) -> (DuplexStream, tokio::task::JoinHandle<Outcome<DuplexStream>>) {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let task =
-        tokio::spawn(async move { serve(server, &*express, peer(), limits, &closing).await });
+        tokio::spawn(async move { drive(server, &*express, peer(), limits, &closing).await });
     (client, task)
 }
 
@@ -290,7 +291,7 @@ async fn bad_and_oversized_heads_go_to_hyper_whole() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idle_or_unfinished_head_times_out() {
     let limits = Limits {
         head_timeout: Duration::from_millis(200),
@@ -376,7 +377,7 @@ async fn until_closed(client: &mut DuplexStream) -> String {
     String::from_utf8(rest).unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn on_shutdown_every_request_read_is_answered_the_last_with_close() {
     // Idle when the drain begins: closed after a short wait.
     let closing = CancellationToken::new();
@@ -386,7 +387,7 @@ async fn on_shutdown_every_request_read_is_answered_the_last_with_close() {
         .await
         .unwrap();
     assert_eq!(responses(&mut client, 1).await.len(), 1);
-    let began = std::time::Instant::now();
+    let began = tokio::time::Instant::now();
     closing.cancel();
     assert!(matches!(task.await.unwrap(), Outcome::Closed));
     assert!(began.elapsed() >= SETTLE);

@@ -72,15 +72,6 @@ fn date(out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n\r\n");
 }
 
-/// Whether `value` may be sent as a header value as is (the rule of
-/// `http::HeaderValue`: visible ASCII, obs-text, space and tab).
-#[inline]
-pub fn is_header_value(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
-}
-
 /// An IMF-fixdate, rendered once a second per thread.
 struct Date {
     second: u64,

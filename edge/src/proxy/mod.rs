@@ -58,16 +58,6 @@ pub struct Upstream {
     unhealthy: AtomicBool,
 }
 
-/// What the proxy reports of a host (tests, logs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamState {
-    pub base: String,
-    pub ejected: bool,
-    pub times_ejected: u32,
-    pub healthy: bool,
-    pub outstanding: usize,
-}
-
 pub struct Proxy {
     config: ProxyConfig,
     /// `proxy.max_body_bytes` under the server's body timeouts.
@@ -170,20 +160,6 @@ impl Proxy {
             .prefixes
             .iter()
             .any(|p| path.starts_with(p.as_str()))
-    }
-
-    pub fn upstream_states(&self) -> Vec<UpstreamState> {
-        let now = self.now_ms();
-        self.upstreams
-            .iter()
-            .map(|u| UpstreamState {
-                base: u.base.to_string(),
-                ejected: u.ejected_until.load(Ordering::Relaxed) > now,
-                times_ejected: u.times_ejected.load(Ordering::Relaxed),
-                healthy: !u.unhealthy.load(Ordering::Relaxed),
-                outstanding: u.outstanding.load(Ordering::Relaxed),
-            })
-            .collect()
     }
 
     /// Upstreams by breaker state: closed (in rotation), open (ejected),
