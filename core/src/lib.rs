@@ -6,7 +6,7 @@
 //!   before any storage is touched.
 //! - [`link`]: the link model, redirect statuses, target URL normalisation.
 //! - [`config`]: the configuration of every role (TOML file, `EDGELINK_*`
-//!   environment, flags) and its validation.
+//!   environment, flags) and its validation, one file per section.
 //! - [`error`]: storage errors and the per-call timeout helper.
 //! - [`store`]: the storage seams ([`store::LinkStore`], [`store::LinkCache`])
 //!   and their backends: [`store::sqlite`] (embedded default),
@@ -17,7 +17,8 @@
 //! - [`ipnet`]: address blocks (`10.0.0.0/8`), for trusted proxies.
 //! - [`net`]: what every role serves HTTP with: socket2 listeners, the
 //!   hyper accept loop (connection cap, timeouts, a drain that answers every
-//!   request read), the framing guard under hyper ([`net::framing`]), a hook
+//!   request read), the framing guard under hyper ([`net::framing`], its
+//!   scanner in `framing/scan.rs`), the hand-over type [`net::Replay`], a hook
 //!   for a lane in front of it ([`net::server::Lane`]; the edge's express
 //!   lane lives in the edge, the only role that has one), and request bodies
 //!   read under the client's limits, a client's fault being its own 4xx

@@ -15,7 +15,8 @@
 //!   token-protected.
 //! - [`metrics`]: free keys, keys leased and generated, refill durations.
 //! - this file: [`Keypool`], the parts wired together, and [`run`], the
-//!   `edgelink keypool` role (refill worker and admin listener).
+//!   `edgelink keypool` role (refill worker and admin listener; its
+//!   [`Listeners`], [`Deps`], [`KeypoolError`]).
 
 pub mod admin;
 pub mod keys;

@@ -3,14 +3,15 @@
 //! # Layout
 //!
 //! - [`api`]: the routes under `/api/v1` (create, read, change, delete,
-//!   list), write order, Idempotency-Key handling, and the [`api::Invalidator`]
-//!   seam through which changes reach every cache.
+//!   list), write order, and the [`api::Invalidator`] seam through which
+//!   changes reach every cache; `api/create.rs` creation (one, a batch,
+//!   Idempotency-Key), `api/manage.rs` change, list and stats.
 //! - [`validate`]: request bodies and the rules they must pass.
 //! - [`apikey`]: API keys (generated, hashed, checked, cached briefly).
 //! - [`store`]: API keys and Idempotency-Key bindings on PostgreSQL and SQLite.
 //! - [`error`]: the one JSON error shape and its statuses.
 //! - this file: [`build`] (the API from config and stores) and [`run`], the
-//!   `edgelink origin` role.
+//!   `edgelink origin` role ([`Listeners`], [`Deps`], [`OriginError`]).
 
 pub mod api;
 pub mod apikey;
