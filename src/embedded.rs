@@ -83,6 +83,7 @@ pub async fn mounts(
             })
         })),
         metrics: vec![recorder.handle()],
+        roles: vec!["origin", "keypool"],
         invalidations: Some(rx),
         reload: None,
     })

@@ -277,6 +277,36 @@ fn distributed_edge_serves_links_imported_into_postgres() {
     drop(db);
 }
 
+#[test]
+fn an_edge_starts_and_serves_while_postgresql_is_down() {
+    // Nothing listens here: PostgreSQL is down from the start.
+    let down = format!("postgres://postgres@{}/edgelink", free_addr());
+    let mut cmd = distributed_edge(&down, "pgdown");
+    cmd.env("EDGELINK_POSTGRES_CONNECT_TIMEOUT_MS", "200")
+        .env("EDGELINK_POSTGRES_TIMEOUT_MS", "300");
+    // Kubernetes' setting: stay ready, serve what tier 0 has.
+    let server = Server::start(cmd.env("EDGELINK_SERVER_READY_NEEDS_SOURCE", "false"));
+    let (code, body) = request(server.addr, "GET", "/readyz", None, "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("degraded"), "{body}");
+    let (code, _) = get(server.addr, "/notcached");
+    assert_eq!(code, 503, "a miss with the source down");
+    let (_, metrics) = request(server.admin, "GET", "/metrics", None, "");
+    assert!(
+        metrics.contains("edgelink_build_info{role=\"edge\""),
+        "{metrics}"
+    );
+    assert_eq!(server.stop().code(), Some(0));
+    // The default: not ready without the source, but up.
+    let mut cmd = distributed_edge(&down, "pgdown");
+    cmd.env("EDGELINK_POSTGRES_CONNECT_TIMEOUT_MS", "200");
+    let server = Server::start(&mut cmd);
+    let (code, body) = request(server.addr, "GET", "/readyz", None, "");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(request(server.admin, "GET", "/healthz", None, "").0, 200);
+    assert_eq!(server.stop().code(), Some(0));
+}
+
 /// Polls `GET /admin/keypool` until `free` is `want`.
 fn wait_for_free(admin: SocketAddr, token: &str, want: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -728,6 +758,35 @@ fn metrics_of_every_role_parse_and_match_the_catalogue() {
         scrape(role, server.admin);
     }
     scrape("keypool", keypool.admin);
+    // An edge with a certificate: its expiry gauge.
+    let cert = rcgen::generate_simple_self_signed(vec!["sho.rt".into()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    let tls_config = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls_config,
+        format!(
+            "[[tls.certificates]]\ncert = \"{0}/tls.crt\"\nkey = \"{0}/tls.key\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let tls_edge = Server::start(
+        edgelink()
+            .args(["serve", "--sqlite"])
+            .arg(dir.path().join("tls.db"))
+            .arg("--config")
+            .arg(&tls_config),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !request(tls_edge.admin, "GET", "/metrics", None, "")
+        .1
+        .contains("edgelink_tls_certificate_expiry_seconds")
+    {
+        assert!(Instant::now() < deadline, "no certificate expiry exported");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    scrape("edge with TLS", tls_edge.admin);
     // The autoscaler, reading the edge above, on the command actuator.
     let autoscaler_admin = free_addr();
     let count = dir.path().join("count");

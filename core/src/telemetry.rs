@@ -1,4 +1,4 @@
-//! Logging set-up shared by every role.
+//! Logging set-up and the build-info gauge, shared by every role.
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,4 +10,19 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// `edgelink_build_info`: 1, labelled with the role and the version.
+pub const BUILD_INFO: &str = "edgelink_build_info";
+
+/// Registers [`BUILD_INFO`] for `role` with the recorder in force (wrap the
+/// call in `metrics::with_local_recorder` for a role's own). Alerts and
+/// dashboards find a role's instances by it, whatever the scrape job is
+/// called.
+pub fn build_info(role: &'static str) {
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "1, labelled with the role this process serves and its version."
+    );
+    metrics::gauge!(BUILD_INFO, "role" => role, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

@@ -119,6 +119,7 @@ pub async fn run(
         api,
         admin: admin_mount,
         metrics: extra_metrics,
+        roles,
         invalidations,
         reload,
     } = mounts;
@@ -141,6 +142,9 @@ pub async fn run(
     }
     let cache_name = stores.cache.as_ref().map(|c| c.name());
     let (edge_metrics, prometheus) = EdgeMetrics::new(cache_name, stores.source.name());
+    for role in roles {
+        edge_metrics.serves(role);
+    }
     let metrics = Arc::new(edge_metrics);
     let app = Arc::new(App::new(
         &config,

@@ -6,6 +6,7 @@
 //! path only touches atomics. Labels come from fixed sets: status codes the
 //! edge can answer with and the tier names, never a code or a URL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::Tier;
@@ -42,6 +43,7 @@ pub const CLICK_FLUSH_FAILURES_TOTAL: &str = "edgelink_click_flush_failures_tota
 pub const CLICKS_PENDING: &str = "edgelink_clicks_pending";
 pub const STALE_SERVED_TOTAL: &str = "edgelink_stale_served_total";
 pub const WRITEBACKS_SKIPPED_TOTAL: &str = "edgelink_cache_writebacks_skipped_total";
+pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "edgelink_tls_certificate_expiry_seconds";
 
 /// Status codes the public listener answers with (its own and the
 /// proxied API's), in label order; any other counts as 500.
@@ -140,6 +142,8 @@ pub struct EdgeMetrics {
     /// Requests answered, for the rate: one stripe per thread, so counting
     /// is one uncontended atomic add.
     pub answered: Stripes,
+    /// For series whose labels are known only later (certificate files).
+    recorder: Arc<PrometheusRecorder>,
 }
 
 /// A counter striped over cache lines: each thread adds to its own stripe
@@ -197,6 +201,7 @@ impl EdgeMetrics {
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
+        let recorder = Arc::new(recorder);
         let has_tier1 = cache_name.is_some();
         let cache_name = cache_name.unwrap_or("cache");
         // Series of an absent tier 1 stay unregistered (no-op handles).
@@ -214,8 +219,9 @@ impl EdgeMetrics {
                 store_name
             }
         };
-        let m = metrics::with_local_recorder(&recorder, || {
+        let m = metrics::with_local_recorder(&*recorder, || {
             describe();
+            edgelink_core::telemetry::build_info("edge");
             EdgeMetrics {
                 requests: std::array::from_fn(|s| {
                     std::array::from_fn(|t| {
@@ -287,9 +293,26 @@ impl EdgeMetrics {
                     flush_failures: metrics::counter!(CLICK_FLUSH_FAILURES_TOTAL),
                     pending: metrics::gauge!(CLICKS_PENDING),
                 },
+                recorder: recorder.clone(),
             }
         });
         (m, handle)
+    }
+
+    /// `edgelink_build_info` for another role this process serves.
+    pub fn serves(&self, role: &'static str) {
+        metrics::with_local_recorder(&*self.recorder, || {
+            edgelink_core::telemetry::build_info(role)
+        });
+    }
+
+    /// The expiry gauge of a served certificate file.
+    pub fn certificate_expiry(&self, cert: &std::path::Path) -> Gauge {
+        let file = cert.display().to_string();
+        metrics::with_local_recorder(
+            &*self.recorder,
+            || metrics::gauge!(TLS_CERTIFICATE_EXPIRY_SECONDS, "certificate" => file),
+        )
     }
 
     #[inline]
@@ -398,6 +421,11 @@ fn describe() {
     describe_gauge!(
         CLICKS_PENDING,
         "(code, day) click counts waiting to be written to the source of truth."
+    );
+    describe_gauge!(
+        TLS_CERTIFICATE_EXPIRY_SECONDS,
+        Unit::Seconds,
+        "When a served certificate expires (its leaf's notAfter), Unix time; NaN once the file is no longer served."
     );
     describe_counter!(
         STALE_SERVED_TOTAL,

@@ -41,6 +41,9 @@ pub struct Mounts {
     pub admin: Option<Route>,
     /// More metrics for `/metrics`, rendered after the edge's own.
     pub metrics: Vec<PrometheusHandle>,
+    /// The other roles this process serves (`serve`: origin, keypool), for
+    /// `edgelink_build_info` beside the edge's (one family, one registry).
+    pub roles: Vec<&'static str>,
     /// Codes to drop from tier 0 (links changed or deleted) from an origin
     /// in the same process. Without it, an edge with Redis follows the
     /// shared invalidation channel.

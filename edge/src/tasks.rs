@@ -1,17 +1,20 @@
-//! The edge's background loops: gauges and index sweeps every second,
-//! tier-0 invalidations as they arrive, and the store the click flusher
-//! writes to.
+//! The edge's background loops: gauges (certificate expiries among them)
+//! and index sweeps every second, tier-0 invalidations as they arrive,
+//! and the store the click flusher writes to.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use edgelink_core::config::Config;
 use edgelink_core::shutdown::CancellationToken;
 use edgelink_core::Stores;
+use metrics::Gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::app::App;
-use crate::{clicks, invalidate};
+use crate::{clicks, invalidate, tls};
 
 /// The click flusher of `app`, writing to the store [`click_store`] picks.
 pub(crate) async fn flusher(config: &Config, stores: &Stores, app: &App) -> clicks::Flusher {
@@ -69,6 +72,7 @@ pub(crate) async fn background(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     let mut last = Answered::now(&app);
+    let mut expiries = CertificateGauges::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -87,6 +91,9 @@ pub(crate) async fn background(
         for (gauge, count) in app.metrics.proxy.upstreams.iter().zip(counts) {
             gauge.set(count as f64);
         }
+        if let Some(certs) = &app.certs {
+            expiries.follow(&app, certs.expiries());
+        }
         app.resolver.sweep_index(n);
         let entries = app.resolver.cache_entries().await;
         app.metrics.cache_entries.set(entries as f64);
@@ -94,6 +101,33 @@ pub(crate) async fn background(
         if n % 5 == 0 {
             prometheus.run_upkeep();
         }
+    }
+}
+
+/// `edgelink_tls_certificate_expiry_seconds`, one series per certificate
+/// file, following reloads: a file no longer served is set to NaN (the
+/// recorder cannot drop a series), which no expiry alert matches.
+#[derive(Default)]
+struct CertificateGauges {
+    seen: Option<tls::Expiries>,
+    gauges: HashMap<PathBuf, Gauge>,
+}
+
+impl CertificateGauges {
+    fn follow(&mut self, app: &App, now: tls::Expiries) {
+        if self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &now)) {
+            return;
+        }
+        for gauge in self.gauges.values() {
+            gauge.set(f64::NAN);
+        }
+        for (file, not_after) in now.iter() {
+            self.gauges
+                .entry(file.clone())
+                .or_insert_with(|| app.metrics.certificate_expiry(file))
+                .set(*not_after as f64);
+        }
+        self.seen = Some(now);
     }
 }
 

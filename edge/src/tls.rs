@@ -36,7 +36,13 @@ struct CertSet {
     default: Arc<CertifiedKey>,
     /// What was loaded, for logs and the admin view.
     names: Vec<String>,
+    /// Each certificate file with its leaf's notAfter (Unix seconds).
+    expiries: Expiries,
 }
+
+/// Certificate files and when their leaves expire (Unix seconds); a new
+/// allocation per loaded set, so a reload shows as a new pointer.
+pub type Expiries = Arc<[(PathBuf, i64)]>;
 
 /// The SNI certificate resolver rustls asks on every handshake.
 #[derive(Debug)]
@@ -85,6 +91,11 @@ impl Certificates {
     /// The DNS names currently served.
     pub fn names(&self) -> Vec<String> {
         self.current.load().names.clone()
+    }
+
+    /// The files currently served and when each expires.
+    pub fn expiries(&self) -> Expiries {
+        self.current.load().expiries.clone()
     }
 
     /// A rustls server config over this resolver: TLS 1.3 and 1.2 only,
@@ -137,8 +148,10 @@ fn load_set(files: &[CertificateFiles], provider: &CryptoProvider) -> Result<Cer
     let mut wildcard = HashMap::new();
     let mut default = None;
     let mut names = Vec::new();
+    let mut expiries = Vec::with_capacity(files.len());
     for f in files {
-        let (key, dns) = load_pair(f, provider)?;
+        let (key, Leaf { dns, not_after }) = load_pair(f, provider)?;
+        expiries.push((f.cert.clone(), not_after));
         for name in dns {
             let lower = name.to_ascii_lowercase();
             match lower.strip_prefix("*.") {
@@ -157,15 +170,24 @@ fn load_set(files: &[CertificateFiles], provider: &CryptoProvider) -> Result<Cer
         wildcard,
         default,
         names,
+        expiries: expiries.into(),
     })
 }
 
-/// One chain and key, checked to belong together; with the DNS names of the
-/// leaf (its subjectAltNames, else its common name).
+/// What the edge reads off a leaf certificate.
+struct Leaf {
+    /// Its subjectAltNames, else its common name.
+    dns: Vec<String>,
+    /// notAfter, Unix seconds.
+    not_after: i64,
+}
+
+/// One chain and key, checked to belong together; with the leaf's names
+/// and expiry.
 fn load_pair(
     f: &CertificateFiles,
     provider: &CryptoProvider,
-) -> Result<(Arc<CertifiedKey>, Vec<String>), String> {
+) -> Result<(Arc<CertifiedKey>, Leaf), String> {
     let at = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&f.cert)
         .map_err(|e| at(&f.cert, &e))?
@@ -174,7 +196,7 @@ fn load_pair(
     let leaf = chain
         .first()
         .ok_or_else(|| at(&f.cert, &"no certificate in the file"))?;
-    let names = dns_names(leaf).map_err(|e| at(&f.cert, &e))?;
+    let leaf = read_leaf(leaf).map_err(|e| at(&f.cert, &e))?;
     let key = PrivateKeyDer::from_pem_file(&f.key).map_err(|e| at(&f.key, &e))?;
     let signing = provider
         .key_provider
@@ -184,12 +206,13 @@ fn load_pair(
     certified
         .keys_match()
         .map_err(|e| format!("{} and {}: {e}", f.cert.display(), f.key.display()))?;
-    Ok((Arc::new(certified), names))
+    Ok((Arc::new(certified), leaf))
 }
 
-fn dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+fn read_leaf(leaf: &CertificateDer<'_>) -> Result<Leaf, String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| e.to_string())?;
+    let not_after = cert.validity().not_after.timestamp();
     let mut names: Vec<String> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
@@ -210,7 +233,10 @@ fn dns_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
                 .filter_map(|cn| cn.as_str().ok().map(str::to_owned)),
         );
     }
-    Ok(names)
+    Ok(Leaf {
+        dns: names,
+        not_after,
+    })
 }
 
 /// Reloads `certs` whenever a file in their directories changes, until

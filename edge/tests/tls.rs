@@ -42,10 +42,22 @@ impl Ca {
         stem: &str,
         names: &[&str],
     ) -> (CertificateFiles, CertificateDer<'static>) {
+        self.leaf_until(dir, stem, names, rcgen::date_time_ymd(4096, 1, 1))
+    }
+
+    /// [`Ca::leaf`] valid until `not_after`.
+    fn leaf_until(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        not_after: time::OffsetDateTime,
+    ) -> (CertificateFiles, CertificateDer<'static>) {
         let key = KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let files = CertificateFiles {
             cert: dir.join(format!("{stem}.crt")),
@@ -358,4 +370,39 @@ async fn the_plain_http_listener_redirects_to_https_except_health_checks() {
     let r = edge.request_to(plain, http::Method::GET, "/readyz").await;
     assert_eq!(r.status, StatusCode::OK);
     edge.stop().await;
+}
+
+#[tokio::test]
+async fn each_served_certificate_exports_its_expiry_and_a_renewal_moves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let until = |y| rcgen::date_time_ymd(y, 1, 2);
+    let (a, _) = ca.leaf_until(dir.path(), "a", &["a.test"], until(2031));
+    let edge = tls_edge(&dir, vec![a.clone()], |_| {}).await;
+    let series = format!(
+        "edgelink_tls_certificate_expiry_seconds{{certificate=\"{}\"}}",
+        a.cert.display()
+    );
+    expiry_becomes(&edge, &series, until(2031).unix_timestamp() as f64).await;
+    // The renewal (a file swap) is followed: the new notAfter.
+    let (fresh, _) = ca.leaf_until(dir.path(), "incoming", &["a.test"], until(2032));
+    std::fs::rename(&fresh.key, &a.key).unwrap();
+    std::fs::rename(&fresh.cert, &a.cert).unwrap();
+    expiry_becomes(&edge, &series, until(2032).unix_timestamp() as f64).await;
+}
+
+/// Waits (up to 10 s) for `series` on the edge's `/metrics` to read `want`.
+async fn expiry_becomes(edge: &TestEdge, series: &str, want: f64) {
+    for _ in 0..100 {
+        let text = edge.metrics_text().await;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if value == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{series} never {want}: {}", edge.metrics_text().await);
 }

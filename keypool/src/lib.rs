@@ -129,6 +129,9 @@ pub async fn run(
 ) -> Result<(), KeypoolError> {
     let recorder = recorder();
     let prometheus = recorder.handle();
+    ::metrics::with_local_recorder(&recorder, || {
+        edgelink_core::telemetry::build_info("keypool")
+    });
     let pool = Keypool::open(deps.store, &config, KeypoolMetrics::new(&recorder)).await?;
     let listener =
         tokio::net::TcpListener::from_std(listeners.admin).map_err(KeypoolError::Listener)?;

@@ -189,7 +189,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The origin's public routes: `/api/v1/...` and `/healthz`.
+/// The origin's public routes: `/api/v1/...`, `/healthz` (the process
+/// answers) and `/readyz` (its source of truth answers too).
 pub async fn route<B>(api: &Api, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
@@ -217,7 +218,21 @@ where
     }
     match (&parts.method, path) {
         (&Method::GET, "/healthz") => net::text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => ready(api).await,
         _ => error::ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
             .into_response(),
+    }
+}
+
+/// `/readyz`: 200 while the source of truth answers a ping (through the
+/// storage breaker, so an open one answers at once), else 503: every API
+/// call needs it, so an origin without it should get no traffic.
+async fn ready(api: &Api) -> Response<Body> {
+    match api.storage.call(api.links.ping()).await {
+        Ok(()) => net::json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
+        Err(e) => net::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "unavailable", "error": e.to_string() }),
+        ),
     }
 }

@@ -1149,3 +1149,32 @@ async fn head_is_answered_like_get() {
             .is_empty());
     }
 }
+
+#[tokio::test]
+async fn readyz_answers_503_while_the_source_of_truth_does_not() {
+    use edgelink_core::testing::fault::Fault;
+    let mut env = env().await;
+    let (proxy, through) = env._db.behind_fault_proxy().await;
+    env.config.postgres.url = Some(through);
+    env.config.postgres.timeout_ms = 300;
+    env.config.postgres.connect_timeout_ms = 300;
+    env.links = Arc::new(PgStore::connect(&env.config.postgres).await.unwrap());
+    let api = origin(&env).await;
+    let ready = || async {
+        let req = http::Request::get("/readyz")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        edgelink_origin::route(&api, req).await.status()
+    };
+    assert_eq!(ready().await, StatusCode::OK);
+    proxy.set(Fault::Blackhole);
+    assert_eq!(ready().await, StatusCode::SERVICE_UNAVAILABLE);
+    // `/healthz` is the process, not its store: still 200.
+    let req = http::Request::get("/healthz")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        edgelink_origin::route(&api, req).await.status(),
+        StatusCode::OK
+    );
+}

@@ -58,7 +58,7 @@ fn serve_edge(
     rt.block_on(async move {
         let stores = match mode {
             StorageMode::Embedded => Stores::open_embedded(&config).await,
-            StorageMode::Distributed => Stores::open_distributed(&config).await,
+            StorageMode::Distributed => Stores::connect_distributed(&config).await,
         }
         .map_err(|e| anyhow::anyhow!("cannot open storage: {e}"))?;
         let listeners = edgelink_edge::Listeners::bind(&config).map_err(|e| {

@@ -32,6 +32,7 @@ fn serve_origin(config: Config) -> Result<ExitCode, Failure> {
         let stores = Stores::open_distributed(&config).await.map_err(storage)?;
         let recorder = edgelink_keypool::recorder();
         let prometheus = recorder.handle();
+        metrics::with_local_recorder(&recorder, || edgelink_core::telemetry::build_info("origin"));
         let pool = edgelink_keypool::Keypool::open(
             Arc::new(
                 edgelink_keypool::postgres::PgPool::connect(&config.postgres).map_err(storage)?,

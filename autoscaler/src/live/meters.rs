@@ -9,6 +9,7 @@ pub const FLEET_RATE: &str = "edgelink_autoscaler_fleet_rate";
 pub const FORECAST_RATE: &str = "edgelink_autoscaler_forecast_rate";
 pub const STALE_TARGETS: &str = "edgelink_autoscaler_stale_targets";
 pub const ACTIVE: &str = "edgelink_autoscaler_active";
+pub const MAX_REPLICAS: &str = "edgelink_autoscaler_max_replicas";
 pub const DECISIONS_TOTAL: &str = "edgelink_autoscaler_decisions_total";
 pub const ACTIONS_TOTAL: &str = "edgelink_autoscaler_actions_total";
 pub const ACTION_FAILURES_TOTAL: &str = "edgelink_autoscaler_action_failures_total";
@@ -39,9 +40,17 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(recorder: &PrometheusRecorder) -> Metrics {
+    /// Registers the handles against `recorder`; `max_replicas` is exported
+    /// once, so an alert can tell a fleet held at its ceiling.
+    pub(crate) fn new(recorder: &PrometheusRecorder, max_replicas: u32) -> Metrics {
         metrics::with_local_recorder(recorder, || {
             use metrics::{counter, describe_counter, describe_gauge, gauge};
+            edgelink_core::telemetry::build_info("autoscaler");
+            describe_gauge!(
+                MAX_REPLICAS,
+                "autoscaler.max_replicas: the most edges the policy may ask for."
+            );
+            gauge!(MAX_REPLICAS).set(f64::from(max_replicas));
             describe_gauge!(REPLICAS, "Edge replicas: desired by the policy, current (running or starting), ready (answering).");
             describe_gauge!(
                 FLEET_RATE,

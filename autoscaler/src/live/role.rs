@@ -102,7 +102,7 @@ pub async fn run(
     } = deps;
     let recorder = recorder();
     let prometheus_handle = recorder.handle();
-    let metrics = Metrics::new(&recorder);
+    let metrics = Metrics::new(&recorder, s.max_replicas);
     let model = crate::sim::Model {
         capacity: s.node_capacity,
         startup_secs: s.startup_seconds,

@@ -199,6 +199,19 @@ impl Stores {
     pub async fn open_distributed(config: &Config) -> Result<Stores, StoreError> {
         let pg = postgres::PgStore::connect(&config.postgres).await?;
         pg.migrate().await?;
+        Stores::distributed(pg, config).await
+    }
+
+    /// PostgreSQL and Redis as [`Stores::open_distributed`] has them, without
+    /// a round trip: pools connect on first use and migrations are left to
+    /// `edgelink migrate`. What an edge starts on, so it comes up (and
+    /// serves what it can) while PostgreSQL is down.
+    pub async fn connect_distributed(config: &Config) -> Result<Stores, StoreError> {
+        let pg = postgres::PgStore::connect(&config.postgres).await?;
+        Stores::distributed(pg, config).await
+    }
+
+    async fn distributed(pg: postgres::PgStore, config: &Config) -> Result<Stores, StoreError> {
         let cache: Option<Arc<dyn LinkCache>> = match config.redis.url {
             Some(_) => Some(Arc::new(redis::RedisCache::connect(&config.redis).await?)),
             None => None,
