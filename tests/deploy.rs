@@ -28,11 +28,17 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `kubectl kustomize` of an overlay, as JSON values.
+/// `kubectl kustomize` of an overlay, as JSON values: plainly, as
+/// `kubectl apply -k` reads it (no load-restrictor flag).
 fn render(overlay: &str) -> Vec<Value> {
+    render_dir(&root().join("deploy/k8s/overlays").join(overlay))
+}
+
+fn render_dir(dir: &Path) -> Vec<Value> {
+    let overlay = dir.display();
     let out = Command::new("kubectl")
-        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
-        .arg(root().join("deploy/k8s/overlays").join(overlay))
+        .arg("kustomize")
+        .arg(dir)
         .output()
         .expect("kubectl is needed to render deploy/k8s (.ci/run installs it)");
     assert!(out.status.success(), "{overlay}: {out:?}");
@@ -165,11 +171,14 @@ fn served(role: &str) -> Vec<(&'static str, &'static str, &'static str)> {
         "edge" => vec![
             ("server", "listen", "/healthz"),
             ("server", "listen", "/readyz"),
+            ("tls", "redirect_listen", "/healthz"),
+            ("tls", "redirect_listen", "/readyz"),
             ("server", "admin_listen", "/healthz"),
             ("server", "admin_listen", "/metrics"),
         ],
         "origin" => vec![
             ("server", "listen", "/healthz"),
+            ("server", "listen", "/readyz"),
             ("server", "admin_listen", "/healthz"),
             ("server", "admin_listen", "/metrics"),
         ],
@@ -287,11 +296,13 @@ fn every_overlay_renders_into_valid_objects_that_keep_the_invariants() {
                     .collect();
                 let answers: BTreeSet<(i32, &str)> = served(role)
                     .into_iter()
-                    .map(|(s, k, path)| {
-                        (
-                            port_of(&toml, s, k).unwrap_or_else(|| default_port(s, k)),
-                            path,
-                        )
+                    .filter_map(|(s, k, path)| {
+                        let port = match port_of(&toml, s, k) {
+                            Some(p) => p,
+                            None if s == "tls" => return None, // no redirect listener
+                            None => default_port(s, k),
+                        };
+                        Some((port, path))
                     })
                     .collect();
                 for probe in [&c.readiness_probe, &c.liveness_probe]
@@ -358,21 +369,195 @@ fn every_overlay_renders_into_valid_objects_that_keep_the_invariants() {
         assert!(c.lifecycle.as_ref().unwrap().pre_stop.is_some());
         assert!(edge.topology_spread_constraints.is_some() && edge.affinity.is_some());
         assert!(objects.iter().any(|v| v["kind"] == "PodDisruptionBudget"));
-        // Migrations: a Job, and every app waits for them.
+        // Migrations: only the Job applies them; origin and keypool wait for
+        // them, the edge does not (it serves tier 0 while PostgreSQL is down).
         assert!(pods.contains_key("edgelink-migrate"));
-        for app in ["edge", "origin", "keypool"] {
-            let init = pods[app].init_containers.clone().unwrap_or_default();
-            assert!(
-                init.iter().any(|c| c
-                    .args
+        let waits = |app: &str| {
+            pods[app].init_containers.iter().flatten().any(|c| {
+                c.args
                     .clone()
                     .unwrap_or_default()
-                    .starts_with(&["migrate".into(), "--wait".into()])),
+                    .starts_with(&["migrate".into(), "--wait".into()])
+            })
+        };
+        for app in ["origin", "keypool"] {
+            assert!(
+                waits(app),
                 "{overlay}: {app} does not wait for the migrations"
             );
         }
+        assert!(
+            edge.init_containers.iter().flatten().next().is_none(),
+            "{overlay}: the edge waits for something before it serves"
+        );
+        check_migrate_job(overlay, &objects);
+        check_autoscaled_replicas(overlay, &objects, &configs);
+        check_edge_tls(overlay, &objects, &pods, &configs);
+        check_origin(overlay, &objects, &pods);
+        check_zone_spread(overlay, &pods);
         check_autoscaler_rbac(overlay, &objects, &pods, &configs);
         check_network_policies(overlay, &objects);
+    }
+}
+
+/// The Job can be applied again: finished ones go soon (a Job's template
+/// is immutable), and GitOps tools replace it instead of patching it.
+fn check_migrate_job(overlay: &str, objects: &[Value]) {
+    let job = objects
+        .iter()
+        .find(|v| v["kind"] == "Job" && v["metadata"]["name"] == "edgelink-migrate")
+        .unwrap_or_else(|| panic!("{overlay}: no migrate Job"));
+    let ttl = job["spec"]["ttlSecondsAfterFinished"].as_i64();
+    assert!(
+        ttl.is_some_and(|t| t <= 600),
+        "{overlay}: a finished migrate Job stays {ttl:?} s and blocks the next apply"
+    );
+    let notes = &job["metadata"]["annotations"];
+    assert_eq!(notes["argocd.argoproj.io/hook"], "Sync", "{overlay}");
+    assert_eq!(
+        notes["argocd.argoproj.io/hook-delete-policy"], "BeforeHookCreation",
+        "{overlay}"
+    );
+}
+
+/// What the autoscaler scales carries no `replicas`, so an apply does not
+/// put a number back over the autoscaler's choice.
+fn check_autoscaled_replicas(overlay: &str, objects: &[Value], configs: &BTreeMap<String, String>) {
+    let autoscaler: toml::Table = configs["autoscaler.toml"].parse().unwrap();
+    let deployment = autoscaler["actuator"]["deployment"].as_str().unwrap();
+    let scaled = objects
+        .iter()
+        .find(|v| v["kind"] == "Deployment" && v["metadata"]["name"] == deployment)
+        .unwrap_or_else(|| panic!("{overlay}: no Deployment {deployment}"));
+    assert!(
+        scaled["spec"].get("replicas").is_none(),
+        "{overlay}: Deployment {deployment} sets replicas {}; the autoscaler owns it",
+        scaled["spec"]["replicas"]
+    );
+}
+
+/// HTTPS on the Service's 443 and the redirect listener on 80, from the
+/// certificate files of the `edge-tls` Secret the pod mounts.
+fn check_edge_tls(
+    overlay: &str,
+    objects: &[Value],
+    pods: &BTreeMap<String, PodSpec>,
+    configs: &BTreeMap<String, String>,
+) {
+    use k8s_openapi::api::core::v1::Service;
+    let service: Service = objects
+        .iter()
+        .find(|v| v["kind"] == "Service" && v["metadata"]["name"] == "edge")
+        .map(|v| serde_json::from_value(v.clone()).unwrap())
+        .unwrap_or_else(|| panic!("{overlay}: no edge Service"));
+    let ports: BTreeMap<i32, String> = service
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.port, format!("{:?}", p.target_port)))
+        .collect();
+    assert!(
+        ports.contains_key(&443) && ports.contains_key(&80),
+        "{overlay}: {ports:?}"
+    );
+    let edge: toml::Table = configs["edge.toml"].parse().unwrap();
+    let pod = &pods["edge"];
+    let c = &pod.containers[0];
+    let named = |n: &str| {
+        c.ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(n))
+            .map(|p| p.container_port)
+    };
+    assert_eq!(
+        named("https"),
+        port_of(&edge, "server", "listen"),
+        "{overlay}"
+    );
+    assert_eq!(
+        named("http"),
+        port_of(&edge, "tls", "redirect_listen"),
+        "{overlay}"
+    );
+    // Every certificate file is in the mounted edge-tls Secret.
+    let secret_volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("edge-tls"))
+        .unwrap_or_else(|| panic!("{overlay}: the edge does not mount the edge-tls Secret"));
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == secret_volume.name)
+        .unwrap_or_else(|| panic!("{overlay}: edge-tls is not mounted"));
+    let files = edge["tls"]["certificates"].as_array().unwrap();
+    assert!(!files.is_empty(), "{overlay}: no certificate");
+    for f in files {
+        for k in ["cert", "key"] {
+            let path = Path::new(f[k].as_str().unwrap());
+            assert_eq!(
+                path.parent(),
+                Some(Path::new(&mount.mount_path)),
+                "{overlay}: {k} {} is not in the edge-tls mount",
+                path.display()
+            );
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(["tls.crt", "tls.key"].contains(&name), "{overlay}: {name}");
+        }
+    }
+    assert_ne!(
+        edge["tls"].get("watch").and_then(toml::Value::as_bool),
+        Some(false)
+    );
+}
+
+/// The origin: ready only with its store, spread over hosts, a PDB, a preStop.
+fn check_origin(overlay: &str, objects: &[Value], pods: &BTreeMap<String, PodSpec>) {
+    let origin = &pods["origin"];
+    let c = &origin.containers[0];
+    let ready = c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref());
+    assert_eq!(
+        ready.and_then(|g| g.path.as_deref()),
+        Some("/readyz"),
+        "{overlay}"
+    );
+    assert!(
+        c.lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .is_some(),
+        "{overlay}"
+    );
+    assert!(
+        origin
+            .affinity
+            .as_ref()
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .is_some(),
+        "{overlay}: origins may share a host"
+    );
+    assert!(
+        objects.iter().any(|v| v["kind"] == "PodDisruptionBudget"
+            && v["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "edgelink-origin"),
+        "{overlay}: no PodDisruptionBudget for the origin"
+    );
+}
+
+/// No spread that leaves pods Pending on a cluster without zone labels.
+fn check_zone_spread(overlay: &str, pods: &BTreeMap<String, PodSpec>) {
+    for (name, pod) in pods {
+        for c in pod.topology_spread_constraints.iter().flatten() {
+            assert!(
+                !(c.topology_key == "topology.kubernetes.io/zone"
+                    && c.when_unsatisfiable == "DoNotSchedule"),
+                "{overlay}: {name} spreads strictly by zone"
+            );
+        }
     }
 }
 
@@ -515,6 +700,136 @@ fn check_network_policies(overlay: &str, objects: &[Value]) {
         }
         assert!(!from.is_empty(), "{overlay}: an origin rule open to all");
     }
+    // Prometheus from whichever namespace carries the monitoring label, on
+    // every role's admin port; never Prometheus pods of any namespace.
+    let mut admitted = BTreeSet::new();
+    for p in &policies {
+        let spec = p.spec.as_ref().unwrap();
+        for rule in spec.ingress.iter().flatten() {
+            for peer in rule.from.iter().flatten() {
+                let pod = peer
+                    .pod_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.as_ref())
+                    .and_then(|l| l.get("app.kubernetes.io/name"));
+                if pod.map(String::as_str) != Some("prometheus") {
+                    continue;
+                }
+                let ns = peer
+                    .namespace_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.as_ref())
+                    .and_then(|l| l.get(MONITORING_LABEL));
+                assert_eq!(
+                    ns.map(String::as_str),
+                    Some("true"),
+                    "{overlay}: {:?} admits Prometheus without the namespace label",
+                    p.metadata.name
+                );
+                let app = spec
+                    .pod_selector
+                    .as_ref()
+                    .unwrap()
+                    .match_labels
+                    .as_ref()
+                    .unwrap()["app.kubernetes.io/name"]
+                    .clone();
+                admitted.insert(app);
+            }
+        }
+    }
+    for app in [
+        "edgelink-edge",
+        "edgelink-origin",
+        "edgelink-keypool",
+        "edgelink-autoscaler",
+    ] {
+        assert!(
+            admitted.contains(app),
+            "{overlay}: Prometheus cannot scrape {app}"
+        );
+    }
+    // Where the overlay runs its own Prometheus, its namespace is labelled.
+    let runs_prometheus = objects
+        .iter()
+        .any(|v| v["kind"] == "Deployment" && v["metadata"]["name"] == "prometheus");
+    if runs_prometheus {
+        let ns = objects.iter().find(|v| v["kind"] == "Namespace").unwrap();
+        assert_eq!(
+            ns["metadata"]["labels"][MONITORING_LABEL], "true",
+            "{overlay}"
+        );
+    }
+}
+
+/// The namespace label that admits a namespace's Prometheus.
+const MONITORING_LABEL: &str = "edgelink.io/monitoring";
+
+#[test]
+fn the_optional_components_render_on_the_prod_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = root().join("deploy/k8s");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{}]\ncomponents: [{}, {}]\n",
+            k8s.join("overlays/prod").display(),
+            k8s.join("components/prometheus-operator").display(),
+            k8s.join("components/cert-manager").display(),
+        ),
+    )
+    .unwrap();
+    let objects = render_dir(dir.path());
+    let kinds: BTreeMap<&str, usize> = objects.iter().fold(BTreeMap::new(), |mut m, v| {
+        *m.entry(v["kind"].as_str().unwrap()).or_default() += 1;
+        m
+    });
+    assert_eq!(kinds.get("PrometheusRule"), Some(&1), "{kinds:?}");
+    assert_eq!(
+        kinds.get("ServiceMonitor").unwrap_or(&0) + kinds.get("PodMonitor").unwrap_or(&0),
+        4,
+        "one monitor per role: {kinds:?}"
+    );
+    let cert = objects.iter().find(|v| v["kind"] == "Certificate").unwrap();
+    assert_eq!(cert["spec"]["secretName"], "edge-tls");
+    // Each monitor selects something that exists, on a port named admin.
+    for m in objects
+        .iter()
+        .filter(|v| v["kind"] == "ServiceMonitor" || v["kind"] == "PodMonitor")
+    {
+        let want = m["spec"]["selector"]["matchLabels"].as_object().unwrap();
+        let target = if m["kind"] == "ServiceMonitor" {
+            "Service"
+        } else {
+            "Deployment"
+        };
+        let labels = |v: &Value| -> Value {
+            if target == "Service" {
+                v["metadata"]["labels"].clone()
+            } else {
+                v["spec"]["template"]["metadata"]["labels"].clone()
+            }
+        };
+        let found = objects
+            .iter()
+            .find(|v| v["kind"] == target && want.iter().all(|(k, val)| labels(v)[k] == *val));
+        let found = found.unwrap_or_else(|| panic!("{} selects nothing", m["metadata"]["name"]));
+        let ports = if target == "Service" {
+            found["spec"]["ports"].clone()
+        } else {
+            found["spec"]["template"]["spec"]["containers"][0]["ports"].clone()
+        };
+        assert!(
+            ports
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "admin"),
+            "{}: no admin port",
+            m["metadata"]["name"]
+        );
+    }
 }
 
 #[test]
@@ -522,8 +837,14 @@ fn every_mounted_config_passes_check() {
     for overlay in OVERLAYS {
         let objects = render(overlay);
         let dir = tempfile::tempdir().unwrap();
+        // The edge-tls Secret's files (check_edge_tls: the paths are the
+        // mount's), here in the temporary directory.
+        let cert = rcgen::generate_simple_self_signed(vec!["sho.rt".into()]).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
         for (file, text) in &configs(&objects) {
             let path = dir.path().join(file);
+            let text = text.replace("/etc/edgelink-tls/", &format!("{}/", dir.path().display()));
             std::fs::write(&path, text).unwrap();
             let out = check_config(
                 &path,
