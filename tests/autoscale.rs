@@ -1,6 +1,7 @@
 //! The live autoscaler end to end: the process actuator's edges serve
-//! traffic and drain; the lease keeps a second autoscaler passive; an
-//! action a crash interrupted is reconciled, not repeated.
+//! traffic and drain; the systemd actuator's edges outlive the autoscaler
+//! and are adopted by the next; the lease keeps a second autoscaler
+//! passive; an action a crash interrupted is reconciled, not repeated.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::net::SocketAddr;
@@ -362,6 +363,104 @@ fn an_action_a_crash_interrupted_is_reconciled_not_repeated() {
             "the interrupted 2 -> 5 was not replayed"
         );
         assert_eq!(count(&fleet), actual);
+    }
+}
+
+/// The units of `autoscaler/testdata/fake-systemctl.sh` in `dir` that run.
+fn fake_units_running(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(unit) = name.strip_suffix(".pid") else {
+            continue;
+        };
+        let pid = std::fs::read_to_string(entry.path()).unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+        // Not a zombie: PID 1 here may not reap.
+        if stat.is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z")) {
+            out.push(unit.to_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_restarted_autoscaler_adopts_the_systemd_edges_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let kill_units = KillFakeUnits(&units);
+    let admin = free_addr();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("autoscaler/testdata/fake-systemctl.sh");
+    let config = dir.path().join("autoscaler.toml");
+    // The edges' admin ports answer nothing: every edge is stale, so the
+    // autoscaler never scales in; min_replicas is the fleet.
+    std::fs::write(
+        &config,
+        format!(
+            "[autoscaler]\ninterval_secs = 1\npolicy = \"hpa\"\nmin_replicas = 2\nmax_replicas = 4\n\
+             state_dir = \"{}\"\nadmin_listen = \"{admin}\"\n\
+             [signals]\nsource = \"actuator\"\n\
+             [actuator]\nkind = \"systemd\"\nunit = \"edgelink-edge@.service\"\nadmin_port_base = 9210\n\
+             systemctl = [\"sh\", \"{}\", \"{}\"]\n",
+            dir.path().join("state").display(),
+            script.display(),
+            units.display(),
+        ),
+    )
+    .unwrap();
+    let want = ["edgelink-edge@9210.service", "edgelink-edge@9211.service"];
+    let starts = || {
+        std::fs::read_to_string(units.join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" start "))
+            .count()
+    };
+
+    let a = start_autoscaler(&config, admin);
+    wait_until("the scale-out to min_replicas", 20, || {
+        fake_units_running(&units) == want
+    });
+    // SIGTERM (`systemctl stop` or `restart` of the autoscaler): its edges
+    // are not its children and run on.
+    assert_eq!(a.stop().code(), Some(0));
+    assert_eq!(fake_units_running(&units), want);
+    assert_eq!(starts(), 1);
+
+    for how in ["-TERM", "-KILL"] {
+        let b = start_autoscaler(&config, admin);
+        wait_until("an evaluation", 20, || status(admin)["current"] == 2);
+        std::thread::sleep(Duration::from_secs(2));
+        let s = status(admin);
+        assert_eq!(
+            (s["current"].clone(), s["desired"].clone()),
+            (2.into(), 2.into()),
+            "{s}"
+        );
+        assert_eq!(starts(), 1, "adopted, nothing started");
+        signal(&b, how);
+        let _ = b.stop_waiting();
+        assert_eq!(fake_units_running(&units), want, "after {how}");
+    }
+    drop(kill_units);
+}
+
+/// Kills the fake systemctl's units when a test ends, passed or not.
+struct KillFakeUnits<'a>(&'a Path);
+
+impl Drop for KillFakeUnits<'_> {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(self.0).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "pid") {
+                let pid = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", pid.trim()])
+                    .status();
+            }
+        }
     }
 }
 

@@ -5,7 +5,10 @@
 //!   last-in-first-out with SIGTERM (the edge drains) and SIGKILL after
 //!   the drain time. Their pids are kept in the state directory, so an
 //!   autoscaler that restarts adopts the fleet it left instead of starting
-//!   a second one.
+//!   a second one. They are its children: it drains them when it stops.
+//! - [`SystemdFleet`]: the same edges as instances of a systemd template
+//!   unit, started and stopped with `systemctl`; units of their own, they
+//!   outlive the autoscaler (`deploy/systemd`).
 //! - [`Kubernetes`]: a Deployment's `scale` subresource, with `kube`.
 //! - [`CommandActuator`]: external commands (cloud instance groups).
 
@@ -20,12 +23,17 @@ use serde::{Deserialize, Serialize};
 
 use super::config::ActuatorConfig;
 
+mod systemd;
+
+pub use systemd::SystemdFleet;
+
 /// One of the actuators.
 #[derive(Debug)]
 pub enum Actuator {
     /// Shadow mode: this many replicas, never changed.
     Observe(u32),
     Process(ProcessFleet),
+    Systemd(SystemdFleet),
     Kubernetes(Kubernetes),
     Command(CommandActuator),
 }
@@ -57,6 +65,20 @@ impl Actuator {
                     state_dir,
                 )?)
             }
+            ActuatorConfig::Systemd {
+                unit,
+                admin_port_base,
+                systemctl,
+            } => Actuator::Systemd(
+                SystemdFleet::open(
+                    systemctl.clone(),
+                    unit,
+                    *admin_port_base,
+                    timeout,
+                    state_dir,
+                )
+                .await?,
+            ),
             ActuatorConfig::Observe { replicas } => Actuator::Observe(*replicas),
             ActuatorConfig::Kubernetes {
                 namespace,
@@ -81,6 +103,7 @@ impl Actuator {
         match self {
             Actuator::Observe(n) => Ok(*n),
             Actuator::Process(p) => Ok(p.current()),
+            Actuator::Systemd(s) => s.current().await,
             Actuator::Kubernetes(k) => k.current().await,
             Actuator::Command(c) => c.current().await,
         }
@@ -93,6 +116,7 @@ impl Actuator {
                 "observe only: would scale {current} -> {n}, the fleet is not changed"
             )),
             Actuator::Process(p) => p.scale(n).await,
+            Actuator::Systemd(s) => s.scale(n).await,
             Actuator::Kubernetes(k) => k.scale(n).await,
             Actuator::Command(c) => c.scale(n).await,
         }
@@ -102,6 +126,7 @@ impl Actuator {
     pub fn targets(&mut self) -> Option<Vec<String>> {
         match self {
             Actuator::Process(p) => Some(p.targets()),
+            Actuator::Systemd(s) => Some(s.targets()),
             _ => None,
         }
     }
@@ -110,6 +135,7 @@ impl Actuator {
         match self {
             Actuator::Observe(_) => "observe",
             Actuator::Process(_) => "process",
+            Actuator::Systemd(_) => "systemd",
             Actuator::Kubernetes(_) => "kubernetes",
             Actuator::Command(_) => "command",
         }
@@ -473,29 +499,35 @@ pub struct CommandActuator {
     timeout: Duration,
 }
 
+/// Runs `argv` to its end within `timeout`: its standard output, or why
+/// it failed (with its standard error).
+async fn run_command(argv: &[String], timeout: Duration) -> Result<String, String> {
+    let (program, args) = argv.split_first().ok_or("empty command")?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| format!("{program}: timed out after {timeout:?}"))?
+        .map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 impl CommandActuator {
     async fn run(&self, argv: &[String]) -> Result<String, String> {
-        let (program, args) = argv.split_first().ok_or("empty command")?;
-        let child = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("{program}: {e}"))?;
-        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
-            .await
-            .map_err(|_| format!("{program}: timed out after {:?}", self.timeout))?
-            .map_err(|e| format!("{program}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{program}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_command(argv, self.timeout).await
     }
 
     pub async fn current(&self) -> Result<u32, String> {

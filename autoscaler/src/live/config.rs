@@ -127,6 +127,24 @@ pub enum ActuatorConfig {
         #[serde(default)]
         env: BTreeMap<String, String>,
     },
+    /// Local edges as instances of a systemd template unit, started and
+    /// stopped with `systemctl` (see [`crate::live::actuator::SystemdFleet`]).
+    /// The instance name is the edge's admin port: `unit =
+    /// "edgelink-edge@.service"` and `admin_port_base = 9210` start
+    /// `edgelink-edge@9210.service`, `@9211`, ... They are units of their
+    /// own, so they outlive the autoscaler: a restart (or a crash) adopts
+    /// them, and a stop leaves the fleet serving at its size. systemd drains
+    /// them: SIGTERM, then SIGKILL after the unit's `TimeoutStopSec=`.
+    Systemd {
+        /// The template, `NAME@.service`.
+        unit: String,
+        /// Instance names (admin ports) are taken from here up.
+        admin_port_base: u16,
+        /// The command and leading arguments: `["systemctl"]`, or
+        /// `["systemctl", "--user"]` for a user's service manager.
+        #[serde(default = "default_systemctl")]
+        systemctl: Vec<String>,
+    },
     /// A Deployment's `scale` subresource.
     Kubernetes {
         namespace: String,
@@ -148,6 +166,21 @@ pub enum ActuatorConfig {
 
 fn default_drain_secs() -> u64 {
     30
+}
+
+fn default_systemctl() -> Vec<String> {
+    vec!["systemctl".to_owned()]
+}
+
+/// Whether `unit` is a template service's name, `NAME@.service`, with a
+/// name systemd accepts.
+fn is_template(unit: &str) -> bool {
+    unit.strip_suffix("@.service").is_some_and(|name| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    })
 }
 
 /// `[lease]`: only one autoscaler acts at a time.
@@ -284,8 +317,13 @@ impl Config {
             } if namespace.is_empty() || service.is_empty() || *port == 0 => {
                 return bad("signals: namespace, service and port are required");
             }
-            SignalsConfig::Actuator if !matches!(self.actuator, ActuatorConfig::Process { .. }) => {
-                return bad("signals.source = \"actuator\" needs the process actuator");
+            SignalsConfig::Actuator
+                if !matches!(
+                    self.actuator,
+                    ActuatorConfig::Process { .. } | ActuatorConfig::Systemd { .. }
+                ) =>
+            {
+                return bad("signals.source = \"actuator\" needs the process or systemd actuator");
             }
             _ => {}
         }
@@ -323,6 +361,21 @@ impl Config {
                 }
                 if u32::from(*admin_port_base) + s.max_replicas > 65_535 || *admin_port_base == 0 {
                     return bad("actuator.admin_port_base + max_replicas must be a valid port");
+                }
+            }
+            ActuatorConfig::Systemd {
+                unit,
+                admin_port_base,
+                systemctl,
+            } => {
+                if !is_template(unit) {
+                    return bad("actuator.unit must be a template unit, NAME@.service");
+                }
+                if u32::from(*admin_port_base) + s.max_replicas > 65_535 || *admin_port_base == 0 {
+                    return bad("actuator.admin_port_base + max_replicas must be a valid port");
+                }
+                if systemctl.is_empty() {
+                    return bad("actuator.systemctl must name the command");
                 }
             }
             ActuatorConfig::Command {
@@ -403,5 +456,31 @@ mod tests {
         );
         assert_ne!(k8s, ok);
         assert!(parse(&k8s).is_err());
+
+        // The systemd actuator: a template, instances from admin_port_base.
+        let process =
+            "kind = \"process\"\n            args = [\"edge\", \"--config\", \"edge.toml\"]";
+        let systemd = ok.replace(
+            process,
+            "kind = \"systemd\"\n            unit = \"edgelink-edge@.service\"",
+        );
+        assert_ne!(systemd, ok);
+        let c = parse(&systemd).unwrap();
+        let ActuatorConfig::Systemd { systemctl, .. } = &c.actuator else {
+            panic!("{:?}", c.actuator);
+        };
+        assert_eq!(systemctl, &["systemctl"]);
+        for unit in [
+            "edgelink-edge.service",
+            "@.service",
+            "edge@x.service",
+            "a b@.service",
+        ] {
+            let bad = systemd.replace("edgelink-edge@.service", unit);
+            assert!(parse(&bad).is_err(), "{unit}");
+        }
+        assert!(
+            parse(&systemd.replace("admin_port_base = 9200", "admin_port_base = 65530")).is_err()
+        );
     }
 }

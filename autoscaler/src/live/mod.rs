@@ -8,7 +8,8 @@
 //! `history.json` (per-minute fleet rates for the forecast layer, four
 //! weeks at most), `decisions.log` (one JSON line per evaluation: the
 //! signals, each number's source, the winning layer and why), and for the
-//! process actuator `edges.json` and `edge-N.log`.
+//! process actuator `edges.json` and `edge-N.log` (the systemd actuator:
+//! `units.json`; its edges log to the journal).
 
 pub mod actuator;
 pub mod config;

@@ -88,7 +88,7 @@ pub enum AutoscaleError {
 }
 
 /// Runs the autoscaler until `shutdown`; the process actuator's edges are
-/// drained before it returns.
+/// drained before it returns (the systemd actuator's run on).
 pub async fn run(
     listeners: Listeners,
     config: Config,
@@ -223,11 +223,16 @@ pub async fn run(
     }
     scaler.last_saved = 0;
     scaler.save_history(unix_now());
-    if let Actuator::Process(p) = &mut scaler.actuator {
-        if scaler.was_active {
+    match &mut scaler.actuator {
+        Actuator::Process(p) if scaler.was_active => {
             tracing::info!("draining the edges this autoscaler started");
             p.stop_all().await;
         }
+        Actuator::Systemd(s) => tracing::info!(
+            edges = s.targets().len(),
+            "the edges run on as systemd units: an autoscaler that starts adopts them"
+        ),
+        _ => {}
     }
     let _ = admin.await;
     tracing::info!("autoscaler stopped");

@@ -139,3 +139,149 @@ async fn the_command_actuator_runs_its_commands_and_reads_the_count_back() {
     a.timeout = Duration::from_millis(200);
     assert!(a.scale(6).await.unwrap_err().contains("timed out"));
 }
+
+/// `testdata/fake-systemctl.sh` on `dir`: units are `sleep` processes.
+fn fake_systemctl(dir: &Path) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fake-systemctl.sh");
+    vec![
+        "sh".into(),
+        script.display().to_string(),
+        dir.display().to_string(),
+    ]
+}
+
+/// Kills the fake's units when a test ends, passed or not.
+struct KillUnits<'a>(&'a Path);
+
+impl Drop for KillUnits<'_> {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(self.0).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "pid") {
+                let pid = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn starts(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" start "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn systemd_edges_outlive_the_autoscaler_and_leave_last_in_first_out() {
+    let units = tempfile::tempdir().unwrap();
+    let _cleanup = KillUnits(units.path());
+    let state = tempfile::tempdir().unwrap();
+    let open = || {
+        SystemdFleet::open(
+            fake_systemctl(units.path()),
+            "edgelink-edge@.service",
+            9210,
+            Duration::from_secs(10),
+            state.path(),
+        )
+    };
+    let unit = |p: u16| format!("edgelink-edge@{p}.service");
+    let pid_of = |p: u16| -> i32 {
+        let text = std::fs::read_to_string(units.path().join(format!("{}.pid", unit(p))));
+        text.unwrap().trim().parse().unwrap()
+    };
+    let mut fleet = open().await.unwrap();
+    assert_eq!(fleet.current().await.unwrap(), 0);
+    assert_eq!(fleet.scale(3).await.unwrap(), 3);
+    assert_eq!(
+        fleet.targets(),
+        ["127.0.0.1:9210", "127.0.0.1:9211", "127.0.0.1:9212"],
+        "instance = admin port"
+    );
+    assert_eq!(
+        starts(units.path()),
+        [format!(
+            "--no-ask-password start {} {} {}",
+            unit(9210),
+            unit(9211),
+            unit(9212)
+        )]
+    );
+
+    // The autoscaler goes (stop, restart, crash: its units are not its
+    // children) and the next one adopts the fleet, starting nothing.
+    let pids: Vec<i32> = [9210, 9211, 9212].map(pid_of).to_vec();
+    drop(fleet);
+    assert!(pids.iter().all(|p| kill(Pid::from_raw(*p), None).is_ok()));
+    let mut fleet = open().await.unwrap();
+    assert_eq!(fleet.current().await.unwrap(), 3);
+    assert_eq!(starts(units.path()).len(), 1);
+
+    // An edge that dies leaves the count; the scale-out takes the lowest
+    // free port again, and it is now the newest.
+    let _ = kill(Pid::from_raw(pid_of(9211)), Signal::SIGKILL);
+    assert_eq!(fleet.current().await.unwrap(), 2);
+    assert_eq!(fleet.scale(3).await.unwrap(), 3);
+    assert_eq!(
+        fleet.targets(),
+        ["127.0.0.1:9210", "127.0.0.1:9212", "127.0.0.1:9211"]
+    );
+
+    // Scale-in: newest first; one stops within its timeout, one is killed.
+    std::fs::write(units.path().join(format!("{}.stubborn", unit(9211))), "").unwrap();
+    assert_eq!(fleet.scale(1).await.unwrap(), 1);
+    assert_eq!(fleet.targets(), ["127.0.0.1:9210"]);
+    assert_eq!((fleet.drained, fleet.killed), (1, 1));
+    let calls = std::fs::read_to_string(units.path().join("calls")).unwrap();
+    assert!(
+        calls.contains(&format!(
+            "--no-ask-password stop {} {}\n",
+            unit(9212),
+            unit(9211)
+        )),
+        "{calls}"
+    );
+
+    // A start that fails is an error; what did start is counted.
+    std::fs::write(units.path().join(format!("{}.fail", unit(9211))), "").unwrap();
+    let e = fleet.scale(3).await.unwrap_err();
+    assert!(e.contains("failed"), "{e}");
+    assert_eq!(fleet.current().await.unwrap(), 2);
+    assert_eq!(fleet.targets(), ["127.0.0.1:9210", "127.0.0.1:9212"]);
+
+    // An instance started by hand is part of the fleet, newest.
+    let mut by_hand = std::process::Command::new("sh");
+    by_hand
+        .args(&fake_systemctl(units.path())[1..])
+        .args(["start", &unit(9250)]);
+    assert!(by_hand.status().unwrap().success());
+    assert_eq!(fleet.current().await.unwrap(), 3);
+    drop(fleet);
+    let mut fleet = open().await.unwrap();
+    assert_eq!(fleet.current().await.unwrap(), 3);
+    assert_eq!(
+        fleet.targets(),
+        ["127.0.0.1:9210", "127.0.0.1:9212", "127.0.0.1:9250"],
+        "the start order survives a restart"
+    );
+    assert_eq!(fleet.scale(0).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_systemctl_that_cannot_list_the_units_fails_the_start() {
+    let state = tempfile::tempdir().unwrap();
+    let e = SystemdFleet::open(
+        vec!["false".into()],
+        "edgelink-edge@.service",
+        9210,
+        Duration::from_secs(5),
+        state.path(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("false"), "{e}");
+}
