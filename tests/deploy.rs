@@ -906,11 +906,12 @@ fn systemd_units_verify_and_are_hardened_and_their_configs_pass_check() {
             assert!(has("Restart=always"), "{name}: no restart policy");
             assert!(text.contains("\nLimitNOFILE="), "{name}: no LimitNOFILE");
         }
-        // Binding ports below 1024 is for the units that run edges only.
+        // Binding ports below 1024 is for the units that run edges only
+        // (the autoscaler's edges are units of their own).
         let binds = text.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE");
         assert_eq!(
             binds,
-            name == "edgelink-edge.service" || name == "edgelink-autoscaler.service",
+            name == "edgelink-edge.service" || name == "edgelink-edge@.service",
             "{name}: CAP_NET_BIND_SERVICE"
         );
         assert!(
@@ -937,14 +938,16 @@ fn systemd_units_verify_and_are_hardened_and_their_configs_pass_check() {
             }
         }
         // Staged for systemd-analyze: the built binary instead of the
-        // installed one, and the secrets file optional (it is not here).
+        // installed one, the secrets file optional (it is not here), a
+        // template as an instance the autoscaler would start.
         let staged_text = text
             .replace("/usr/local/bin/edgelink", env!("CARGO_BIN_EXE_edgelink"))
             .replace("EnvironmentFile=/etc", "EnvironmentFile=-/etc");
-        std::fs::write(staged.path().join(&name), staged_text).unwrap();
-        units.push(name);
+        let staged_name = name.replace("@.service", "@9210.service");
+        std::fs::write(staged.path().join(&staged_name), staged_text).unwrap();
+        units.push(staged_name);
     }
-    assert_eq!(units.len(), 5, "{units:?}");
+    assert_eq!(units.len(), 6, "{units:?}");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(units.iter().map(|u| staged.path().join(u)))
@@ -1048,6 +1051,229 @@ fn the_compose_file_parses_and_runs_only_what_the_repo_builds() {
                     );
                 }
             }
+        }
+    }
+}
+
+// === systemd: the autoscaled fleet, directories, ports ===
+
+/// The values of `key=` in a unit file, in order (comments skipped).
+fn directives<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+fn systemd_file(name: &str) -> String {
+    std::fs::read_to_string(root().join("deploy/systemd").join(name))
+        .unwrap_or_else(|e| panic!("deploy/systemd/{name}: {e}"))
+}
+
+fn toml_file(path: &Path) -> toml::Table {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `TimeoutStopSec=` in milliseconds (plain seconds, as the units write it).
+fn stop_timeout_ms(unit: &str) -> i64 {
+    let secs = directives(unit, "TimeoutStopSec");
+    secs.last().expect("TimeoutStopSec").parse::<i64>().unwrap() * 1000
+}
+
+#[test]
+fn the_autoscaler_runs_its_edges_as_systemd_units_that_outlive_it() {
+    let dir = root().join("deploy/systemd");
+    let config = toml_file(&dir.join("autoscaler.toml"));
+    let actuator = &config["actuator"];
+    // Children of the autoscaler die with its cgroup: the edges are
+    // instances of a template shipped beside it.
+    assert_eq!(actuator["kind"].as_str(), Some("systemd"), "{actuator}");
+    let template_name = actuator["unit"].as_str().unwrap();
+    let template = systemd_file(template_name);
+    let autoscaler = systemd_file("edgelink-autoscaler.service");
+    let standalone = systemd_file("edgelink-edge.service");
+    assert!(
+        directives(&autoscaler, "KillMode")
+            .iter()
+            .all(|m| *m == "control-group"),
+        "the autoscaler's stop or restart must not reach past its own cgroup"
+    );
+    // The instance is the admin port the actuator scrapes.
+    assert_eq!(
+        directives(&template, "Environment"),
+        ["EDGELINK_SERVER_ADMIN_LISTEN=127.0.0.1:%i"]
+    );
+    assert_eq!(
+        directives(&template, "ExecStart"),
+        directives(&standalone, "ExecStart"),
+        "the same edge as edgelink-edge.service"
+    );
+    // SO_REUSEPORT: every edge on the host is one user.
+    let user = directives(&template, "User");
+    assert_eq!(user.len(), 1, "{template_name}: User=");
+    assert_eq!(directives(&standalone, "User"), user);
+    assert_eq!(
+        directives(&template, "Conflicts"),
+        ["edgelink-edge.service"]
+    );
+    // Started by the autoscaler only, never at boot on their own.
+    assert!(
+        !template.contains("[Install]"),
+        "{template_name}: [Install]"
+    );
+    // Each wait outlasts the one inside it: the edge's drain < the unit's
+    // stop timeout (then SIGKILL) < the actuator's call < the autoscaler's
+    // own stop timeout.
+    let edge = toml_file(&dir.join("edge.toml"));
+    let ms = |k: &str, default: i64| {
+        edge.get("server")
+            .and_then(|s| s.get(k))
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(default)
+    };
+    let drain = ms("shutdown_grace_ms", 0) + ms("drain_timeout_ms", 10_000);
+    let unit_stop = stop_timeout_ms(&template);
+    let call = config["autoscaler"]
+        .get("actuator_timeout_ms")
+        .and_then(toml::Value::as_integer)
+        .unwrap_or(30_000);
+    let autoscaler_stop = stop_timeout_ms(&autoscaler);
+    assert!(
+        drain < unit_stop && unit_stop < call && call < autoscaler_stop,
+        "drain {drain} < {template_name} stop {unit_stop} < actuator call {call} < autoscaler stop {autoscaler_stop} (ms)"
+    );
+}
+
+#[test]
+fn the_polkit_rule_lets_the_autoscaler_start_and_stop_edge_instances_only() {
+    let rules = systemd_file("edgelink-autoscaler.rules");
+    let autoscaler = systemd_file("edgelink-autoscaler.service");
+    let user = directives(&autoscaler, "User")[0];
+    let config = toml_file(&root().join("deploy/systemd/autoscaler.toml"));
+    // The name the actuator gives its first instance.
+    let instance = config["actuator"]["unit"].as_str().unwrap().replace(
+        "@.service",
+        &format!(
+            "@{}.service",
+            config["actuator"]["admin_port_base"].as_integer().unwrap()
+        ),
+    );
+    let manage = "org.freedesktop.systemd1.manage-units";
+    let cases = serde_json::json!([
+        [manage, instance, "start", user, "yes"],
+        [manage, instance, "stop", user, "yes"],
+        [manage, instance, "restart", user, null],
+        [manage, instance, "start", "nobody", null],
+        [manage, "edgelink-edge.service", "stop", user, null],
+        [manage, "edgelink-origin.service", "stop", user, null],
+        [manage, "edgelink-edge@x.service", "start", user, null],
+        [manage, "edgelink-edge@9210.service.d", "start", user, null],
+        [
+            "org.freedesktop.systemd1.manage-unit-files",
+            instance,
+            "start",
+            user,
+            null
+        ],
+    ]);
+    // polkit's API as its rules see it (polkit(8)); the rule file is
+    // ES5, which node runs as polkit's duktape does.
+    let harness = format!(
+        r#"
+const rules = [];
+const polkit = {{
+  Result: {{ YES: "yes", NO: "no", AUTH_ADMIN: "auth_admin", NOT_HANDLED: null }},
+  addRule: (f) => rules.push(f),
+}};
+{rules}
+for (const [id, unit, verb, user, want] of {cases}) {{
+  const action = {{ id, lookup: (k) => ({{ unit, verb }})[k] }};
+  const subject = {{ user }};
+  let got = null;
+  for (const r of rules) {{
+    got = r(action, subject);
+    if (got) break;
+  }}
+  if ((got || null) !== want) {{
+    console.log(`${{id}} ${{verb}} ${{unit}} by ${{user}}: ${{got}}, want ${{want}}`);
+    process.exitCode = 1;
+  }}
+}}
+"#
+    );
+    let out = Command::new("node")
+        .args(["-e", &harness])
+        .output()
+        .expect("node is needed to run the polkit rule (.ci/run installs nodejs)");
+    assert!(
+        out.status.success(),
+        "edgelink-autoscaler.rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn systemd_units_that_write_declare_their_directories() {
+    // ProtectSystem=strict: a unit writes only where it declares.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let access_log = readme
+        .split("access_log.path = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("README.md's access log path");
+    let dir = root().join("deploy/systemd");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if !name.ends_with(".service") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut writable = Vec::new();
+        for (key, under) in [
+            ("LogsDirectory", "/var/log"),
+            ("StateDirectory", "/var/lib"),
+        ] {
+            for d in directives(&text, key)
+                .iter()
+                .flat_map(|v| v.split_whitespace())
+            {
+                writable.push(format!("{under}/{d}"));
+            }
+        }
+        let mut writes: Vec<String> = directives(&text, "WorkingDirectory")
+            .iter()
+            .map(|d| (*d).to_owned())
+            .collect();
+        let exec = directives(&text, "ExecStart").join(" ");
+        if exec.contains("edgelink edge ") {
+            writes.push(access_log.to_owned());
+        }
+        // Every /var path in the configs it runs with.
+        for word in exec.split_whitespace() {
+            if let Some(file) = word.strip_prefix("/etc/edgelink/") {
+                let config = toml_file(&dir.join(file));
+                let mut values: Vec<&toml::Value> = config.values().collect();
+                while let Some(v) = values.pop() {
+                    match v {
+                        toml::Value::String(s) if s.starts_with("/var/") => writes.push(s.clone()),
+                        toml::Value::Table(t) => values.extend(t.values()),
+                        toml::Value::Array(a) => values.extend(a),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for w in &writes {
+            assert!(
+                writable
+                    .iter()
+                    .any(|d| w == d || w.starts_with(&format!("{d}/"))),
+                "{name} writes {w}, but declares only {writable:?} (LogsDirectory=, StateDirectory=)"
+            );
         }
     }
 }
