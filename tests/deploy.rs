@@ -1277,3 +1277,68 @@ fn systemd_units_that_write_declare_their_directories() {
         }
     }
 }
+
+/// Ports a host running EdgeLink may well run something else on: the
+/// Prometheus stack and common neighbours. No admin listener of a shipped
+/// configuration takes one.
+const TAKEN_PORTS: [(i64, &str); 7] = [
+    (9090, "Prometheus"),
+    (9091, "the Pushgateway"),
+    (9092, "Kafka"),
+    (9093, "Alertmanager"),
+    (9094, "Alertmanager's cluster"),
+    (9100, "node_exporter"),
+    (9200, "Elasticsearch"),
+];
+
+/// The admin ports a configuration file listens on (defaults included;
+/// an autoscaler's with its process or systemd edges').
+fn admin_ports(config: &toml::Table) -> Vec<i64> {
+    let Some(actuator) = config.get("actuator") else {
+        return vec![i64::from(
+            port_of(config, "server", "admin_listen")
+                .unwrap_or_else(|| default_port("server", "admin_listen")),
+        )];
+    };
+    let mut ports = vec![i64::from(
+        port_of(config, "autoscaler", "admin_listen")
+            .unwrap_or_else(|| default_port("autoscaler", "admin_listen")),
+    )];
+    if let Some(base) = actuator
+        .get("admin_port_base")
+        .and_then(toml::Value::as_integer)
+    {
+        let max = config["autoscaler"]
+            .get("max_replicas")
+            .and_then(toml::Value::as_integer)
+            .unwrap_or(20);
+        ports.extend(base..base + max);
+    }
+    ports
+}
+
+#[test]
+fn shipped_configs_keep_admin_ports_off_prometheus_and_its_neighbours() {
+    // One folder is one host (systemd, one machine) or one Compose project.
+    for folder in ["deploy/systemd", "deploy/autoscaler", "deploy/compose"] {
+        let mut used: BTreeMap<i64, String> = BTreeMap::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(root().join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            files += 1;
+            let file = format!("{folder}/{}", path.file_name().unwrap().to_str().unwrap());
+            for port in admin_ports(&toml_file(&path)) {
+                if let Some((_, who)) = TAKEN_PORTS.iter().find(|(p, _)| *p == port) {
+                    panic!("{file}: admin port {port} is {who}'s");
+                }
+                if let Some(other) = used.insert(port, file.clone()) {
+                    panic!("{file} and {other} both listen on {port}");
+                }
+            }
+        }
+        assert!(files > 0, "{folder}: no configuration");
+    }
+}
