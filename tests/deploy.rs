@@ -1342,3 +1342,287 @@ fn shipped_configs_keep_admin_ports_off_prometheus_and_its_neighbours() {
         assert!(files > 0, "{folder}: no configuration");
     }
 }
+
+// === the container image ===
+
+/// One Containerfile instruction, continuation lines joined.
+#[derive(Debug)]
+struct Instruction {
+    op: String,
+    args: String,
+}
+
+fn instructions(text: &str) -> Vec<Instruction> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                let (op, args) = current.trim().split_once(' ').unwrap_or((&current, ""));
+                out.push(Instruction {
+                    op: op.to_uppercase(),
+                    args: args.trim().to_owned(),
+                });
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+/// `key="value" key=value ...` (LABEL) as pairs.
+fn label_pairs(args: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = args.trim_start();
+    while let Some((key, after)) = rest.split_once('=') {
+        let (value, tail) = match after.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap(),
+            None => after.split_once(' ').unwrap_or((after, "")),
+        };
+        out.push((key.trim().to_owned(), value.to_owned()));
+        rest = tail.trim_start();
+    }
+    out
+}
+
+/// The `cargo build ...` command in a RUN, up to the next `&&`.
+fn cargo_build(run: &str) -> Option<&str> {
+    let from = run.find("cargo build")?;
+    Some(run[from..].split("&&").next().unwrap().trim())
+}
+
+#[test]
+fn the_containerfile_caches_dependencies_owns_data_and_labels_the_image() {
+    let text = std::fs::read_to_string(root().join("deploy/Containerfile")).unwrap();
+    let all = instructions(&text);
+    let stages: Vec<&[Instruction]> = {
+        let starts: Vec<usize> = (0..all.len()).filter(|i| all[*i].op == "FROM").collect();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, s)| &all[*s..starts.get(n + 1).copied().unwrap_or(all.len())])
+            .collect()
+    };
+    let build = stages
+        .iter()
+        .find(|s| s[0].args.ends_with(" AS build"))
+        .expect("a stage named build");
+    let run = stages.last().unwrap();
+
+    // Dependencies first: the stub step runs here as in the build (manifests
+    // copied, stub sources made), and cargo loads the workspace it leaves.
+    let deps = build
+        .iter()
+        .position(|i| i.op == "RUN" && cargo_build(&i.args).is_some())
+        .expect("a cargo build in the build stage");
+    let stub = tempfile::tempdir().unwrap();
+    for i in &build[..deps] {
+        match i.op.as_str() {
+            "COPY" => {
+                let words: Vec<&str> = i.args.split_whitespace().collect();
+                let (dest, sources) = words.split_last().unwrap();
+                for source in sources {
+                    assert_ne!(
+                        *source, ".",
+                        "the sources are copied before the dependencies build"
+                    );
+                    let to = stub.path().join(dest);
+                    std::fs::create_dir_all(&to).unwrap();
+                    let from = root().join(source);
+                    std::fs::copy(&from, to.join(from.file_name().unwrap()))
+                        .unwrap_or_else(|e| panic!("COPY {source}: {e}"));
+                }
+            }
+            "RUN" => {
+                let out = Command::new("sh")
+                    .args(["-ec", &i.args])
+                    .current_dir(stub.path())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "RUN {}: {out:?}", i.args);
+            }
+            _ => {}
+        }
+    }
+    let workspace = toml_file(&root().join("Cargo.toml"));
+    let members = workspace["workspace"]["members"].as_array().unwrap();
+    let mut packages: Vec<&str> = members.iter().map(|m| m.as_str().unwrap()).collect();
+    packages.push(".");
+    for package in packages {
+        let manifest = toml_file(&root().join(package).join("Cargo.toml"));
+        // The targets cargo needs a file for: the discovered lib and main,
+        // and every declared one.
+        let mut targets: Vec<String> = ["src/lib.rs", "src/main.rs"]
+            .into_iter()
+            .filter(|t| root().join(package).join(t).exists())
+            .map(str::to_owned)
+            .collect();
+        for (kind, dir) in [
+            ("bin", "src/bin"),
+            ("bench", "benches"),
+            ("test", "tests"),
+            ("example", "examples"),
+        ] {
+            for t in manifest
+                .get(kind)
+                .and_then(toml::Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let path = t.get("path").and_then(toml::Value::as_str).map_or_else(
+                    || format!("{dir}/{}.rs", t["name"].as_str().unwrap()),
+                    str::to_owned,
+                );
+                targets.push(path);
+            }
+        }
+        for t in targets {
+            assert!(
+                stub.path().join(package).join(&t).exists(),
+                "the dependency layer leaves out {package}/{t}"
+            );
+        }
+    }
+    let host = String::from_utf8(Command::new("rustc").arg("-vV").output().unwrap().stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--locked",
+            "--offline",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &host,
+        ])
+        .current_dir(stub.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the stub workspace does not load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Then the sources, touched (COPY keeps times older than the stubs'
+    // build), built with the same command, so the dependencies are reused.
+    let rest = &build[deps + 1..];
+    let copy_all = rest
+        .iter()
+        .position(|i| i.op == "COPY" && i.args == ". .")
+        .expect("COPY . . after the dependencies");
+    let real = rest[copy_all..]
+        .iter()
+        .find(|i| i.op == "RUN" && cargo_build(&i.args).is_some())
+        .expect("the build of the sources");
+    let at = real.args.find("cargo build").unwrap();
+    assert!(
+        real.args[..at].contains("touch"),
+        "sources not touched: {}",
+        real.args
+    );
+    assert_eq!(cargo_build(&real.args), cargo_build(&build[deps].args));
+
+    // /data: made in the build stage, copied owned by the runtime user (the
+    // final stage has no shell), and where the default command writes.
+    let user = run
+        .iter()
+        .rfind(|i| i.op == "USER")
+        .expect("USER")
+        .args
+        .clone();
+    assert_eq!(user, "65532:65532");
+    let data = run
+        .iter()
+        .filter(|i| i.op == "COPY" && i.args.contains(&format!("--chown={user}")))
+        .find_map(|i| {
+            let words: Vec<&str> = i
+                .args
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
+            match words[..] {
+                [from, "/"] => Some(format!("{}/data", from.trim_end_matches('/'))),
+                [from, "/data" | "/data/"] => Some(from.trim_end_matches('/').to_owned()),
+                _ => None,
+            }
+        })
+        .expect("a COPY --chown of /data to the runtime user");
+    assert!(
+        build.iter().any(|i| i.op == "RUN"
+            && i.args.split("&&").any(|c| {
+                (c.contains("mkdir") || c.contains("install -d"))
+                    && c.split_whitespace().any(|w| w == data)
+            })),
+        "the build stage does not make {data}"
+    );
+    let cmd: Vec<String> =
+        serde_json::from_str(&run.iter().rfind(|i| i.op == "CMD").unwrap().args).unwrap();
+    let sqlite = cmd.iter().skip_while(|a| *a != "--sqlite").nth(1).unwrap();
+    assert!(sqlite.starts_with("/data/"), "{sqlite}");
+    // Its ports: no admin listener on a neighbour's.
+    let admin = cmd
+        .iter()
+        .skip_while(|a| *a != "--admin-listen")
+        .nth(1)
+        .unwrap();
+    let exposed: Vec<i64> = run
+        .iter()
+        .filter(|i| i.op == "EXPOSE")
+        .flat_map(|i| i.args.split_whitespace().map(|p| p.parse::<i64>().unwrap()))
+        .collect();
+    for port in exposed
+        .iter()
+        .chain(&[admin.rsplit(':').next().unwrap().parse().unwrap()])
+    {
+        assert!(TAKEN_PORTS.iter().all(|(p, _)| p != port), "port {port}");
+    }
+
+    // OCI labels, with the workspace's version, license and repository.
+    let args: BTreeMap<String, String> = run
+        .iter()
+        .filter(|i| i.op == "ARG")
+        .filter_map(|i| i.args.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let labels: BTreeMap<String, String> = run
+        .iter()
+        .filter(|i| i.op == "LABEL")
+        .flat_map(|i| label_pairs(&i.args))
+        .map(|(k, mut v)| {
+            for (name, default) in &args {
+                v = v.replace(&format!("${{{name}}}"), default);
+            }
+            (k, v)
+        })
+        .collect();
+    let package = &workspace["workspace"]["package"];
+    let oci = |k: &str| {
+        labels
+            .get(&format!("org.opencontainers.image.{k}"))
+            .unwrap_or_else(|| panic!("no label org.opencontainers.image.{k}: {labels:?}"))
+            .as_str()
+    };
+    assert_eq!(oci("version"), package["version"].as_str().unwrap());
+    assert_eq!(oci("licenses"), package["license"].as_str().unwrap());
+    assert_eq!(oci("source"), package["repository"].as_str().unwrap());
+    for k in ["title", "description", "revision", "base.name"] {
+        assert!(!oci(k).is_empty(), "{k}");
+    }
+    assert!(
+        run[0].args.starts_with(oci("base.name")),
+        "base.name is the final stage's FROM"
+    );
+}
