@@ -1626,3 +1626,67 @@ fn the_containerfile_caches_dependencies_owns_data_and_labels_the_image() {
         "base.name is the final stage's FROM"
     );
 }
+
+#[test]
+fn compose_sends_prometheus_alerts_through_alertmanager_to_a_webhook() {
+    let deploy = root().join("deploy");
+    let compose: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(deploy.join("compose.yaml")).unwrap())
+            .unwrap();
+    let services = &compose["services"];
+    let mounted = |service: &str, target: &str| -> std::path::PathBuf {
+        let v = services[service]["volumes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{service}: no volumes"))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .find(|v| v.split(':').nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("{service}: nothing mounted on {target}"));
+        deploy.join(v.split(':').next().unwrap())
+    };
+    // Alertmanager with its configuration where the image's command reads it.
+    assert!(services["alertmanager"]["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("docker.io/prom/alertmanager:v"));
+    let alertmanager: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(mounted(
+            "alertmanager",
+            "/etc/alertmanager/alertmanager.yml",
+        ))
+        .expect("deploy/observability/alertmanager/alertmanager.yml"),
+    )
+    .unwrap();
+    // Its default route ends at the webhook of a service here, on the port
+    // that service listens on.
+    let log = &services["alert-log"];
+    assert_eq!(log["image"], "docker.io/mendhak/http-https-echo:37");
+    let url = format!(
+        "http://alert-log:{}/",
+        log["environment"]["HTTP_PORT"].as_str().unwrap()
+    );
+    let receiver = alertmanager["route"]["receiver"].as_str().unwrap();
+    let hooks: Vec<&str> = alertmanager["receivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == receiver)
+        .flat_map(|r| r["webhook_configs"].as_array().into_iter().flatten())
+        .map(|w| w["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(hooks, [url.as_str()], "the default route's webhooks");
+    // And Prometheus sends its alerts there.
+    let prometheus: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(mounted("prometheus", "/etc/prometheus/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    let targets: Vec<&str> = prometheus["alerting"]["alertmanagers"]
+        .as_array()
+        .expect("an alerting: block in deploy/compose/prometheus.yml")
+        .iter()
+        .flat_map(|a| a["static_configs"].as_array().into_iter().flatten())
+        .flat_map(|c| c["targets"].as_array().into_iter().flatten())
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(targets.contains(&"alertmanager:9093"), "{targets:?}");
+}
