@@ -767,20 +767,42 @@ const MONITORING_LABEL: &str = "edgelink.io/monitoring";
 
 #[test]
 fn the_optional_components_render_on_the_prod_overlay() {
+    // An overlay of the operator's own, as deploy/README.md shows it.
+    // Kustomize takes relative paths only: from the temporary directory up
+    // to `/`, then down to the repository.
     let dir = tempfile::tempdir().unwrap();
-    let k8s = root().join("deploy/k8s");
+    let up = "../".repeat(dir.path().components().count() - 1);
+    let k8s = format!(
+        "{up}{}",
+        root()
+            .join("deploy/k8s")
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
     std::fs::write(
         dir.path().join("kustomization.yaml"),
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources: [{}]\ncomponents: [{}, {}]\n",
-            k8s.join("overlays/prod").display(),
-            k8s.join("components/prometheus-operator").display(),
-            k8s.join("components/cert-manager").display(),
+             namespace: edgelink\n\
+             resources: [{k8s}/overlays/prod]\n\
+             components: [{k8s}/components/prometheus-operator, {k8s}/components/cert-manager]\n",
         ),
     )
     .unwrap();
     let objects = render_dir(dir.path());
+    // Everything lands in the edges' namespace (a Certificate elsewhere
+    // would issue a Secret the edges never see; a monitor elsewhere selects
+    // nothing).
+    for v in &objects {
+        if v["kind"] != "Namespace" {
+            assert_eq!(
+                v["metadata"]["namespace"], "edgelink",
+                "{}",
+                v["metadata"]["name"]
+            );
+        }
+    }
     let kinds: BTreeMap<&str, usize> = objects.iter().fold(BTreeMap::new(), |mut m, v| {
         *m.entry(v["kind"].as_str().unwrap()).or_default() += 1;
         m
