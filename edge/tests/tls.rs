@@ -406,3 +406,43 @@ async fn expiry_becomes(edge: &TestEdge, series: &str, want: f64) {
     }
     panic!("{series} never {want}: {}", edge.metrics_text().await);
 }
+
+/// A Kubernetes Secret volume as the kubelet writes it: the files are
+/// symlinks through `..data`, itself a symlink to a timestamped directory;
+/// an update writes a new directory and renames a new `..data` over the old.
+#[tokio::test]
+async fn a_secret_volume_update_is_followed_like_the_kubelet_writes_it() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("edge-tls");
+    std::fs::create_dir(&mount).unwrap();
+    let ca = Ca::new();
+    let until = |y| rcgen::date_time_ymd(y, 1, 2);
+    // `..<stamp>/tls.crt`, `..data -> ..<stamp>`, `tls.crt -> ..data/tls.crt`.
+    let write_version = |stamp: &str, year: i32| {
+        let version = mount.join(format!("..{stamp}"));
+        std::fs::create_dir(&version).unwrap();
+        let (files, _) = ca.leaf_until(&version, "tls", &["a.test"], until(year));
+        std::fs::rename(&files.cert, version.join("tls.crt")).unwrap();
+        std::fs::rename(&files.key, version.join("tls.key")).unwrap();
+        let tmp = mount.join("..data_tmp");
+        symlink(format!("..{stamp}"), &tmp).unwrap();
+        std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    };
+    write_version("2026_12_04_01", 2031);
+    for f in ["tls.crt", "tls.key"] {
+        symlink(format!("..data/{f}"), mount.join(f)).unwrap();
+    }
+    let files = CertificateFiles {
+        cert: mount.join("tls.crt"),
+        key: mount.join("tls.key"),
+    };
+    let edge = tls_edge(&dir, vec![files.clone()], |_| {}).await;
+    let series = format!(
+        "edgelink_tls_certificate_expiry_seconds{{certificate=\"{}\"}}",
+        files.cert.display()
+    );
+    expiry_becomes(&edge, &series, until(2031).unix_timestamp() as f64).await;
+    write_version("2026_12_05_01", 2033);
+    expiry_becomes(&edge, &series, until(2033).unix_timestamp() as f64).await;
+}
