@@ -901,18 +901,27 @@ fn check_config(path: &Path, env: &[(&str, &str)]) -> std::process::Output {
     run(&mut cmd)
 }
 
+/// The systemd units in deploy/systemd: (file name, text).
+fn service_units() -> Vec<(String, String)> {
+    let mut units: Vec<(String, String)> = std::fs::read_dir(root().join("deploy/systemd"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "service"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    units.sort();
+    units
+}
+
 #[test]
 fn systemd_units_verify_and_are_hardened_and_their_configs_pass_check() {
     let dir = root().join("deploy/systemd");
     let staged = tempfile::tempdir().unwrap();
     let mut units = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if !name.ends_with(".service") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
+    for (name, text) in service_units() {
         let has = |line: &str| text.lines().any(|l| l.trim() == line);
         for line in [
             "DynamicUser=yes",
@@ -1247,13 +1256,7 @@ fn systemd_units_that_write_declare_their_directories() {
         .and_then(|r| r.split('"').next())
         .expect("README.md's access log path");
     let dir = root().join("deploy/systemd");
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if !name.ends_with(".service") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
+    for (name, text) in service_units() {
         let mut writable = Vec::new();
         for (key, under) in [
             ("LogsDirectory", "/var/log"),
