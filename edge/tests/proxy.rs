@@ -238,6 +238,15 @@ async fn an_upstream_failing_its_health_check_gets_no_traffic_until_it_passes() 
         );
     }
     assert_eq!(a.hits(), 0);
+    // Out of rotation, and exported so: not counted as in rotation.
+    let open = r#"edgelink_proxy_upstreams{state="open"}"#;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            edge.metric(open).await == 1.0
+        })
+        .await,
+        "the unhealthy host counts as out of rotation"
+    );
     a.healthy.store(true, Ordering::Relaxed);
     let back = eventually(Duration::from_secs(5), || async {
         send(&edge, "GET", "/api/x", &[], Bytes::new()).await;

@@ -162,13 +162,16 @@ impl Proxy {
             .any(|p| path.starts_with(p.as_str()))
     }
 
-    /// Upstreams by breaker state: closed (in rotation), open (ejected),
+    /// Upstreams by breaker state: closed (in rotation), open (ejected, or
+    /// failing its active health check: the balancer skips it either way),
     /// half-open (on probation after an ejection).
     pub fn breaker_counts(&self) -> [usize; 3] {
         let now = self.now_ms();
         let mut counts = [0; 3];
         for u in self.upstreams.iter() {
-            let state = if u.ejected_until.load(Ordering::Relaxed) > now {
+            let state = if u.ejected_until.load(Ordering::Relaxed) > now
+                || u.unhealthy.load(Ordering::Relaxed)
+            {
                 1
             } else if u.probation.load(Ordering::Relaxed) {
                 2
