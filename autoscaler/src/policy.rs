@@ -116,14 +116,38 @@ impl Hpa {
         }
     }
 
-    /// The raw recommendation for `utilisation` (the HPA's formula, with
-    /// its tolerance), before limits and stabilisation.
-    pub fn recommend(&self, current: u32, utilisation: f64) -> u32 {
-        let ratio = utilisation / self.target;
-        if (ratio - 1.0).abs() <= self.tolerance {
+    /// The raw recommendation (Kubernetes' replica calculator,
+    /// `GetResourceReplicas`), before limits and stabilisation: the ratio
+    /// of the `ready` pods' `utilisation` to the target, applied to the
+    /// ready pods. The `current - ready` starting pods count as 0 usage
+    /// when scaling up and are left out when scaling down; a recommendation
+    /// within the tolerance, or that the starting pods turn around, keeps
+    /// `current`. No ready pod, no metric: `current`.
+    pub fn recommend(&self, current: u32, ready: u32, utilisation: f64) -> u32 {
+        if ready == 0 {
             return current;
         }
-        (f64::from(current) * ratio).ceil() as u32
+        let ratio = utilisation / self.target;
+        let unready = current.saturating_sub(ready);
+        if unready == 0 {
+            if (ratio - 1.0).abs() <= self.tolerance {
+                return current;
+            }
+            return (f64::from(ready) * ratio).ceil() as u32;
+        }
+        let counted = if ratio > 1.0 { ready + unready } else { ready };
+        let rebalanced = ratio * f64::from(ready) / f64::from(counted);
+        if (rebalanced - 1.0).abs() <= self.tolerance
+            || (ratio < 1.0 && rebalanced > 1.0)
+            || (ratio > 1.0 && rebalanced < 1.0)
+        {
+            return current;
+        }
+        let replicas = (rebalanced * f64::from(counted)).ceil() as u32;
+        if (rebalanced < 1.0 && replicas > current) || (rebalanced > 1.0 && replicas < current) {
+            return current;
+        }
+        replicas
     }
 
     /// Applies the HPA's limits and stabilisation to `recommended` at `now`
@@ -176,7 +200,7 @@ impl Policy for Hpa {
     fn propose(&mut self, s: &Signals) -> Option<Proposal> {
         let current = s.replicas.max(1);
         let util = s.utilisation();
-        let recommended = self.recommend(current, util);
+        let recommended = self.recommend(current, s.ready, util);
         let replicas = self.behave(s.now, current, recommended);
         Some(Proposal {
             replicas,

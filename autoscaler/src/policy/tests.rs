@@ -15,15 +15,33 @@ fn signals(now: u64, rate: f64, replicas: u32) -> Signals {
 fn hpa_formula_and_tolerance() {
     let hpa = Hpa::new(0.5, 1, 100);
     // The HPA docs' example: 200m used against a 100m target doubles.
-    assert_eq!(hpa.recommend(1, 1.0), 2);
+    assert_eq!(hpa.recommend(1, 1, 1.0), 2);
     assert_eq!(
-        hpa.recommend(10, 0.54),
+        hpa.recommend(10, 10, 0.54),
         10,
         "within 0.1 of the target ratio"
     );
-    assert_eq!(hpa.recommend(10, 0.56), 12, "ratio 1.12: ceil(11.2)");
-    assert_eq!(hpa.recommend(10, 0.25), 5);
-    assert_eq!(hpa.recommend(3, 0.51), 3);
+    assert_eq!(hpa.recommend(10, 10, 0.56), 12, "ratio 1.12: ceil(11.2)");
+    assert_eq!(hpa.recommend(10, 10, 0.25), 5);
+    assert_eq!(hpa.recommend(3, 3, 0.51), 3);
+}
+
+#[test]
+fn hpa_counts_starting_pods_as_idle_when_scaling_up_and_leaves_them_out_when_scaling_down() {
+    let hpa = Hpa::new(0.5, 1, 100);
+    // 10 ready at 100% (ratio 2) and 10 starting: the starting ones at 0
+    // usage make the ratio 1.0, within tolerance: no change (all replicas
+    // multiplied by the ready ones' ratio would ask for 40).
+    assert_eq!(hpa.recommend(20, 10, 1.0), 20);
+    // 10 ready at 150% (ratio 3), 5 starting: 30 / 15 = ratio 2 over 15 pods.
+    assert_eq!(hpa.recommend(15, 10, 1.5), 30);
+    // Scaling up only what the ready pods need: 10 ready at ratio 1.3,
+    // 2 starting: 13 / 12 = 1.083, within tolerance: keep 12.
+    assert_eq!(hpa.recommend(12, 10, 0.65), 12);
+    // Scaling down: starting pods left out; 10 ready at ratio 0.5 -> 5.
+    assert_eq!(hpa.recommend(14, 10, 0.25), 5);
+    // Nothing ready, no metric: no change.
+    assert_eq!(hpa.recommend(6, 0, 0.0), 6);
 }
 
 #[test]
